@@ -1,0 +1,82 @@
+//! Builds every game and fixture in `games/` into a component in OUT_DIR,
+//! with the same builder as `baton module build`, and writes their paths
+//! into `components.rs`.
+
+use std::path::{Path, PathBuf};
+
+/// (package, constant) for each module built.
+const GAMES: &[(&str, &str)] = &[
+    ("minotaur", "MINOTAUR"),
+    ("connect-four", "CONNECT_FOUR"),
+    ("misbehave", "MISBEHAVE"),
+];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
+    let root = manifest_dir.join("../..");
+    let out_dir = PathBuf::from(env("OUT_DIR"));
+    for watched in [
+        "wit",
+        "guest-sdk",
+        "games/minotaur",
+        "games/connect-four",
+        "games/misbehave",
+        "Cargo.lock",
+    ] {
+        println!("cargo::rerun-if-changed={}", root.join(watched).display());
+    }
+
+    // A separate target directory: the cargo running this script holds the
+    // lock on the main one.
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("rules");
+    let build = baton_module::Build {
+        packages: GAMES
+            .iter()
+            .map(|(package, _)| (*package).to_owned())
+            .collect(),
+        target_dir: Some(target_dir),
+        ..baton_module::Build::new(root.join("Cargo.toml"))
+    };
+    let built = match build.run() {
+        Ok(built) => built,
+        Err(e) => {
+            println!("cargo::error=building the games in games/ failed: {e}");
+            std::process::exit(1);
+        }
+    };
+
+    let mut rust = String::new();
+    for module in &built {
+        let (_, constant) = GAMES
+            .iter()
+            .find(|(package, _)| *package == module.package)
+            .expect("the builder returns the packages it was given");
+        let path = out_dir.join(format!("{}.wasm", module.package));
+        write(&path, &module.component);
+        rust.push_str(&format!(
+            "/// `games/{package}`, built into a component.\n\
+             pub const {constant}: Component = Component {{ name: {package:?}, path: {path:?}, bytes: include_bytes!({path:?}) }};\n",
+            package = module.package,
+            path = path.display().to_string(),
+        ));
+    }
+    let all: Vec<&str> = GAMES.iter().map(|(_, c)| *c).collect();
+    rust.push_str(&format!(
+        "/// Every module built.\npub const ALL: &[Component] = &[{}];\n",
+        all.join(", ")
+    ));
+    write(&out_dir.join("components.rs"), rust.as_bytes());
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("cargo sets {name} for build scripts"))
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    if let Err(e) = std::fs::write(path, bytes) {
+        panic!("could not write {}: {e}", path.display());
+    }
+}
