@@ -18,7 +18,7 @@
 //! #     fn view(&self, _: &Viewer) -> u32 { self.n }
 //! #     fn status(&self) -> Status<u32> { Status::Running }
 //! # }
-//! let mut game = Harness::<Counter>::new(["ann", "bob"]).seed(7).start().unwrap();
+//! let mut game = Harness::<Counter>::with_players(["ann", "bob"]).seed(7).start().unwrap();
 //! let outcome = game.act("ann", json!(2)).unwrap();
 //! assert_eq!(outcome.public(), [json!(2)]);
 //! assert_eq!(game.state().n, 2);
@@ -86,7 +86,7 @@ impl<G: Game> Builder<G> {
 
 impl<G: Game> Harness<G> {
     /// A session for `players` (ids, also used as display names).
-    pub fn new<I, S>(players: I) -> Builder<G>
+    pub fn with_players<I, S>(players: I) -> Builder<G>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,

@@ -248,7 +248,7 @@ mod tests {
     use baton_sdk::testing::{Harness, json};
 
     fn start(move_ms: Option<u64>) -> (Harness<ConnectFour>, String, String) {
-        let h = Harness::<ConnectFour>::new(["ann", "bob"])
+        let h = Harness::<ConnectFour>::with_players(["ann", "bob"])
             .options(json!({"move_ms": move_ms}))
             .seed(3)
             .start()
@@ -342,7 +342,7 @@ mod tests {
     #[test]
     fn the_seed_draws_who_starts() {
         let first = |seed| {
-            Harness::<ConnectFour>::new(["ann", "bob"])
+            Harness::<ConnectFour>::with_players(["ann", "bob"])
                 .seed(seed)
                 .start()
                 .unwrap()

@@ -14,7 +14,7 @@ fn game(players: &[&str], cells: &[(i32, i32)], extra: Value) -> Harness<Minotau
     if let (Value::Object(o), Value::Object(e)) = (&mut options, extra) {
         o.extend(e);
     }
-    Harness::new(players.iter().copied())
+    Harness::with_players(players.iter().copied())
         .options(options)
         .seed(1)
         .start()
@@ -253,7 +253,7 @@ fn views_hide_what_others_registered() {
 #[test]
 fn bad_options_refuse_the_start() {
     let start = |options: Value, players: &[&str]| {
-        Harness::<Minotaur>::new(players.iter().copied())
+        Harness::<Minotaur>::with_players(players.iter().copied())
             .options(options)
             .start()
             .map(|_| ())
@@ -285,7 +285,7 @@ fn bad_options_refuse_the_start() {
 fn random_starts_are_distinct_on_board_and_seeded() {
     let players = ["a", "b", "c", "d", "e", "f", "g", "h"];
     let start = |seed| {
-        Harness::<Minotaur>::new(players)
+        Harness::<Minotaur>::with_players(players)
             .seed(seed)
             .start()
             .unwrap()
@@ -310,7 +310,7 @@ fn random_starts_are_distinct_on_board_and_seeded() {
 /// Plays a whole game of `players` with seeded random but legal actions,
 /// returning everything the rules said.
 fn play(seed: u64, players: &[&str]) -> (Vec<String>, Vec<u8>, Value) {
-    let mut g = Harness::<Minotaur>::new(players.iter().copied())
+    let mut g = Harness::<Minotaur>::with_players(players.iter().copied())
         .seed(seed)
         .options(json!({"radius": 2, "round_ms": 500, "max_rounds": 40}))
         .start()

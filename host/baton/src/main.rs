@@ -1,4 +1,5 @@
 //! `baton`: the node host and its command-line tool.
+#![warn(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -13,6 +13,7 @@
 //! - `check`: [`inspect`] reads a component into a [`Report`]; [`check`]
 //!   says what, if anything, keeps Baton from running it.
 #![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod check;
 mod compile;
