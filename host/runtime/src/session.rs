@@ -328,6 +328,14 @@ impl Live {
                 after_ms: limits.backstop_ms,
             },
             Some(Trap::StackOverflow) => CallError::StackOverflow,
+            Some(Trap::MemoryOutOfBounds) => CallError::Trapped {
+                trap: format!(
+                    "{} (in Rust rules this is usually the 64 KiB stack overflowing: deep \
+                     recursion or a large value on the stack)",
+                    Trap::MemoryOutOfBounds
+                ),
+                backtrace,
+            },
             Some(Trap::UnreachableCodeReached) => CallError::Panicked { backtrace },
             Some(trap) => CallError::Trapped {
                 trap: trap.to_string(),
@@ -843,6 +851,42 @@ impl Session {
     /// Entries applied since the last checkpoint.
     pub fn since_checkpoint(&self) -> &[JournalEntry] {
         &self.since_checkpoint
+    }
+
+    /// The guest's memories and packed mutable globals as wasmtime's
+    /// guest-debug API sees them: the oracle the accessor is tested
+    /// against. Needs an engine with `guest_debug` on.
+    #[cfg(feature = "debug-oracle")]
+    #[doc(hidden)]
+    pub fn debug_oracle(&mut self) -> Result<(Vec<Vec<u8>>, Vec<u8>), CallError> {
+        let store = &mut self.live.store;
+        let guest = store
+            .debug_all_instances()
+            .into_iter()
+            .find(|i| i.module(&*store).imports().len() == 0)
+            .ok_or_else(|| host("no guest instance in the debug view (is guest_debug on?)"))?;
+        let mut memories = Vec::new();
+        for m in &self.module.layout.memories {
+            let memory = guest
+                .debug_memory(&mut *store, m.index)
+                .ok_or_else(|| host(format!("no memory {} in the debug view", m.index)))?;
+            memories.push(memory.data(&*store).to_vec());
+        }
+        let mut globals = Vec::new();
+        for g in &self.module.layout.globals {
+            let global = guest
+                .debug_global(&mut *store, g.index)
+                .ok_or_else(|| host(format!("no global {} in the debug view", g.index)))?;
+            match global.get(&mut *store) {
+                wasmtime::Val::I32(v) => globals.extend_from_slice(&v.to_le_bytes()),
+                wasmtime::Val::I64(v) => globals.extend_from_slice(&v.to_le_bytes()),
+                wasmtime::Val::F32(bits) => globals.extend_from_slice(&bits.to_le_bytes()),
+                wasmtime::Val::F64(bits) => globals.extend_from_slice(&bits.to_le_bytes()),
+                wasmtime::Val::V128(v) => globals.extend_from_slice(&v.as_u128().to_le_bytes()),
+                other => return Err(host(format!("unexpected global value {other:?}"))),
+            }
+        }
+        Ok((memories, globals))
     }
 
     // --- typed helpers over `call` --------------------------------------

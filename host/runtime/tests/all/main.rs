@@ -2,4 +2,7 @@
 
 mod support;
 
+mod loading;
+mod sandbox;
 mod smoke;
+mod snapshots;
