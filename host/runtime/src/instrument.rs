@@ -317,10 +317,10 @@ fn guest_layout(module: &[u8]) -> Result<Layout, InstrumentError> {
     for payload in Parser::new(0).parse_all(module) {
         match payload.map_err(parse_err)? {
             Payload::ImportSection(reader) => {
-                for import in reader.into_imports() {
+                // The check refuses every import; memories and globals
+                // would also shift the indices below.
+                if let Some(import) = reader.into_imports().next() {
                     let import = import.map_err(parse_err)?;
-                    // The check refuses every import; memories and globals
-                    // would also shift the indices below.
                     return Err(InstrumentError::Unsupported(format!(
                         "the core module imports `{}.{}`",
                         import.module, import.name
@@ -590,8 +590,8 @@ fn accessor_module(layout: &Layout) -> Vec<u8> {
     }
 
     let total_globals = layout.globals_size() as i32;
-    let mut index = 2u32;
-    for (name, sig, mem) in accessor_functions(layout) {
+    // Functions 0 and 1 are `realloc` and `ensure`.
+    for (index, (name, sig, mem)) in (2u32..).zip(accessor_functions(layout)) {
         let mut f;
         let ty;
         match sig {
@@ -710,7 +710,6 @@ fn accessor_module(layout: &Layout) -> Vec<u8> {
         functions.function(ty);
         code.function(&f);
         exports.export(&name, ExportKind::Func, index);
-        index += 1;
     }
 
     let mut module = wasm_encoder::Module::new();

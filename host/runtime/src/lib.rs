@@ -25,7 +25,8 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
-mod bindings;
+#[doc(hidden)]
+pub mod bindings;
 mod engine;
 pub mod instrument;
 mod journal;

@@ -98,6 +98,8 @@ pub struct RuleModule {
     pub(crate) get_globals: ComponentExportIndex,
     pub(crate) set_globals: ComponentExportIndex,
     pub(crate) fresh: Fresh,
+    /// The fresh image, encoded: every new session's first checkpoint.
+    pub(crate) fresh_checkpoint: std::sync::Arc<Vec<u8>>,
 }
 
 impl fmt::Debug for RuleModule {
@@ -170,6 +172,7 @@ impl RuleModule {
                 hashes: Vec::new(),
                 globals: Vec::new(),
             },
+            fresh_checkpoint: Default::default(),
         };
         // Record the fresh image before any guest code runs, then ask the
         // rules who they are on that same throwaway instance.
@@ -178,6 +181,7 @@ impl RuleModule {
         module.fresh = live
             .fresh_image(&module)
             .map_err(|e| LoadError::Start(e.to_string()))?;
+        module.fresh_checkpoint = std::sync::Arc::new(module.fresh_image().encode());
         let info = live
             .rules
             .baton_rules_game()

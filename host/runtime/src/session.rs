@@ -173,6 +173,16 @@ impl ResourceLimiter for Limiter {
     }
 }
 
+/// What one pass over memory found.
+struct Captured {
+    /// Per memory, the pages changed since the last capture.
+    deltas: Vec<MemoryDelta>,
+    /// Per memory, the pages that differ from the fresh instance (filled
+    /// only for a full capture).
+    images: Vec<MemoryImage>,
+    globals: Vec<u8>,
+}
+
 /// An instance and its store.
 pub(crate) struct Live {
     pub(crate) store: Store<SessionData>,
@@ -462,7 +472,7 @@ impl Live {
         module: &RuleModule,
         hashes: &mut [Vec<u128>],
         full: bool,
-    ) -> Result<(Vec<MemoryDelta>, Vec<MemoryImage>, Vec<u8>), CallError> {
+    ) -> Result<Captured, CallError> {
         self.prepare_accessor()?;
         let zero = zero_page_hash();
         let mut deltas = Vec::with_capacity(module.memories.len());
@@ -491,7 +501,11 @@ impl Live {
             images.push(image);
         }
         let globals = self.get_globals(module)?;
-        Ok((deltas, images, globals))
+        Ok(Captured {
+            deltas,
+            images,
+            globals,
+        })
     }
 
     /// Writes `image` into this fresh instance; returns the page hashes of
@@ -600,6 +614,23 @@ fn refusal(r: game::Rejection) -> Refusal {
     }
 }
 
+/// A state to roll back to: kept in whichever form the session got it, so
+/// that restoring never has to encode (compress) a whole image.
+#[derive(Clone, Debug)]
+enum Checkpoint {
+    Encoded(Arc<Vec<u8>>),
+    Image(Arc<Image>),
+}
+
+impl Checkpoint {
+    fn image(&self) -> Result<std::borrow::Cow<'_, Image>, SnapshotError> {
+        match self {
+            Checkpoint::Encoded(bytes) => Image::decode(bytes).map(std::borrow::Cow::Owned),
+            Checkpoint::Image(image) => Ok(std::borrow::Cow::Borrowed(image)),
+        }
+    }
+}
+
 /// One live session of a rule module.
 ///
 /// Every call goes through [`Session::call`] (or the typed helpers), which
@@ -615,9 +646,9 @@ pub struct Session {
     now: u64,
     /// Page hashes as of the last capture: what a delta is taken against.
     hashes: Vec<Vec<u128>>,
-    /// The last checkpoint (an encoded full snapshot) and the entries
-    /// applied since: what a failed call rolls back to.
-    checkpoint: Arc<Vec<u8>>,
+    /// The last checkpoint and the entries applied since: what a failed
+    /// call rolls back to.
+    checkpoint: Checkpoint,
     since_checkpoint: Vec<JournalEntry>,
     /// The position of the last capture.
     captured_at: u64,
@@ -638,7 +669,7 @@ impl Session {
     /// A fresh session of `module`: nothing called yet.
     pub fn new(module: Arc<RuleModule>, limits: Limits) -> Result<Self, CallError> {
         let live = Live::instantiate(&module, &limits)?;
-        let checkpoint = Arc::new(module.fresh_image().encode());
+        let checkpoint = Checkpoint::Encoded(module.fresh_checkpoint.clone());
         Ok(Session {
             hashes: module.fresh.hashes.clone(),
             module,
@@ -661,16 +692,26 @@ impl Session {
         snapshot: &[u8],
     ) -> Result<Self, RestoreError> {
         let image = Image::decode(snapshot)?;
-        let mut session = Self::restore_image(module, limits, &image)?;
-        session.checkpoint = Arc::new(snapshot.to_vec());
-        Ok(session)
+        let checkpoint = Checkpoint::Encoded(Arc::new(snapshot.to_vec()));
+        Self::restore_into(module, limits, &image, checkpoint)
     }
 
-    /// Like [`Session::restore`], from a decoded image.
+    /// Like [`Session::restore`], from a decoded image, which the session
+    /// keeps as its rollback checkpoint (so nothing is re-encoded).
     pub fn restore_image(
         module: Arc<RuleModule>,
         limits: Limits,
+        image: Arc<Image>,
+    ) -> Result<Self, RestoreError> {
+        let checkpoint = Checkpoint::Image(Arc::clone(&image));
+        Self::restore_into(module, limits, &image, checkpoint)
+    }
+
+    fn restore_into(
+        module: Arc<RuleModule>,
+        limits: Limits,
         image: &Image,
+        checkpoint: Checkpoint,
     ) -> Result<Self, RestoreError> {
         if image.module != module.hash() {
             return Err(SnapshotError::WrongModule {
@@ -688,7 +729,7 @@ impl Session {
             position: image.position,
             now: image.now,
             hashes,
-            checkpoint: Arc::new(image.encode()),
+            checkpoint,
             since_checkpoint: Vec::new(),
             captured_at: image.position,
             poisoned: None,
@@ -713,10 +754,16 @@ impl Session {
         self.apply(entry)
     }
 
-    fn apply(&mut self, entry: &JournalEntry) -> Result<Reply, CallError> {
-        if let Some(reason) = &self.poisoned {
-            return Err(CallError::Poisoned(reason.clone()));
+    /// The instance, unless a failed rollback left the session unusable.
+    fn live(&mut self) -> Result<&mut Live, CallError> {
+        match &self.poisoned {
+            Some(reason) => Err(CallError::Poisoned(reason.clone())),
+            None => Ok(&mut self.live),
         }
+    }
+
+    fn apply(&mut self, entry: &JournalEntry) -> Result<Reply, CallError> {
+        self.live()?;
         if entry.position != self.position {
             return Err(CallError::OutOfOrder {
                 entry: entry.position,
@@ -740,7 +787,7 @@ impl Session {
     /// Rebuilds the instance from the checkpoint and the entries since.
     fn roll_back(&mut self) -> Result<(), CallError> {
         let rebuilt = (|| -> Result<Live, String> {
-            let image = Image::decode(&self.checkpoint).map_err(|e| e.to_string())?;
+            let image = self.checkpoint.image().map_err(|e| e.to_string())?;
             let mut live =
                 Live::instantiate(&self.module, &self.limits).map_err(|e| e.to_string())?;
             live.restore(&self.module, &image)
@@ -769,20 +816,26 @@ impl Session {
     /// Captures the full state: every page that differs from the fresh
     /// instance. Also the new baseline for [`Session::delta`].
     pub fn snapshot(&mut self) -> Result<Image, CallError> {
-        let (_, memories, globals) = self.live.capture(&self.module, &mut self.hashes, true)?;
+        self.live()?;
+        let Captured {
+            images, globals, ..
+        } = self.live.capture(&self.module, &mut self.hashes, true)?;
         self.captured_at = self.position;
         Ok(Image {
             module: self.module.hash(),
             position: self.position,
             now: self.now,
             globals,
-            memories,
+            memories: images,
         })
     }
 
     /// Captures the pages changed since the last capture.
     pub fn delta(&mut self) -> Result<Delta, CallError> {
-        let (memories, _, globals) = self.live.capture(&self.module, &mut self.hashes, false)?;
+        self.live()?;
+        let Captured {
+            deltas, globals, ..
+        } = self.live.capture(&self.module, &mut self.hashes, false)?;
         let base = std::mem::replace(&mut self.captured_at, self.position);
         Ok(Delta {
             module: self.module.hash(),
@@ -790,7 +843,7 @@ impl Session {
             position: self.position,
             now: self.now,
             globals,
-            memories,
+            memories: deltas,
         })
     }
 
@@ -798,20 +851,23 @@ impl Session {
     /// calls roll back to (dropping the journal kept since the last one).
     pub fn checkpoint(&mut self) -> Result<Arc<Vec<u8>>, CallError> {
         let encoded = Arc::new(self.snapshot()?.encode());
-        self.checkpoint = encoded.clone();
+        self.checkpoint = Checkpoint::Encoded(encoded.clone());
         self.since_checkpoint.clear();
         Ok(encoded)
     }
 
     /// The whole of guest memory `k`, for inspection and tests.
     pub fn memory(&mut self, k: usize) -> Result<Vec<u8>, CallError> {
-        self.live.memory(&self.module, k)
+        let module = self.module.clone();
+        self.live()?.memory(&module, k)
     }
 
     /// The packed mutable globals.
     pub fn globals(&mut self) -> Result<Vec<u8>, CallError> {
-        self.live.prepare_accessor()?;
-        self.live.get_globals(&self.module)
+        let module = self.module.clone();
+        let live = self.live()?;
+        live.prepare_accessor()?;
+        live.get_globals(&module)
     }
 
     /// SHA-256 over every memory and the globals: equal digests mean equal

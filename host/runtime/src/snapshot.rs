@@ -43,6 +43,9 @@ const MAX_WASM_PAGES: u32 = 65536;
 /// One 4 KiB page of memory.
 pub type Page = Box<[u8]>;
 
+/// Per memory: its size and its pages by index, borrowed for encoding.
+type MemoryRefs<'a> = Vec<(u32, Vec<(u32, &'a [u8])>)>;
+
 /// A session's whole mutable state at one journal position.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Image {
@@ -192,7 +195,7 @@ impl Image {
 
     /// Encodes the image as a full snapshot.
     pub fn encode(&self) -> Vec<u8> {
-        let memories: Vec<(u32, Vec<(u32, &[u8])>)> = self
+        let memories: MemoryRefs<'_> = self
             .memories
             .iter()
             .map(|m| (m.size, m.pages.iter().map(|(i, p)| (*i, &p[..])).collect()))
@@ -236,7 +239,7 @@ impl Image {
 impl Delta {
     /// Encodes the delta.
     pub fn encode(&self) -> Vec<u8> {
-        let memories: Vec<(u32, Vec<(u32, &[u8])>)> = self
+        let memories: MemoryRefs<'_> = self
             .memories
             .iter()
             .map(|m| (m.size, m.pages.iter().map(|(i, p)| (*i, &p[..])).collect()))
@@ -282,7 +285,7 @@ fn encode(
     position: u64,
     now: u64,
     globals: &[u8],
-    memories: &[(u32, Vec<(u32, &[u8])>)],
+    memories: &MemoryRefs<'_>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(MAGIC);
@@ -600,5 +603,43 @@ mod tests {
             Image::decode(&reseal(unordered)),
             Err(SnapshotError::Malformed(_))
         ));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..Default::default() })]
+
+        /// The fuzz target's property, bounded, in every test run: mutated
+        /// snapshots (re-sealed past the checksum) decode or fail cleanly.
+        #[test]
+        fn mutated_snapshots_decode_or_fail_cleanly(
+            edits in proptest::collection::vec((0usize..400, proptest::prelude::any::<u8>()), 1..6),
+            cut in 0usize..400,
+            delta in proptest::prelude::any::<bool>(),
+        ) {
+            let image = sample();
+            let mut bytes = if delta {
+                let mut d = Delta { module: image.module, base: 1, position: 2, now: 3, globals: vec![5; 4], memories: vec![] };
+                d.memories.push(MemoryDelta { size: 1, pages: vec![(2, page(9))] });
+                d.encode()
+            } else {
+                image.encode()
+            };
+            for (at, value) in edits {
+                let at = at % bytes.len();
+                bytes[at] = value;
+            }
+            if cut < bytes.len() && cut > 16 {
+                bytes.truncate(cut);
+            }
+            let sealed = reseal(bytes.clone());
+            for candidate in [&bytes, &sealed] {
+                if let Ok(image) = Image::decode(candidate) {
+                    proptest::prop_assert_eq!(Image::decode(&image.encode()), Ok(image));
+                }
+                if let Ok(delta) = Delta::decode(candidate) {
+                    proptest::prop_assert_eq!(Delta::decode(&delta.encode()), Ok(delta));
+                }
+            }
+        }
     }
 }

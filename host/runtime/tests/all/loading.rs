@@ -27,7 +27,11 @@ fn a_component_that_imports_is_refused() {
     )
     .unwrap();
     let err = runtime().load(&component).unwrap_err();
-    assert!(err.to_string().contains("imports wasi:clocks/wall-clock@0.2.0"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("imports wasi:clocks/wall-clock@0.2.0"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -41,13 +45,22 @@ fn compiled_modules_are_cached_checked_and_recompiled_when_damaged() {
     };
     let rt = Runtime::new(config.clone()).unwrap();
     let first = rt.load(baton_games::CONNECT_FOUR.bytes).unwrap();
-    let files: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    let files: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
 
     // A second load uses the artifact...
-    let again = Runtime::new(config.clone()).unwrap().load(baton_games::CONNECT_FOUR.bytes).unwrap();
+    let again = Runtime::new(config.clone())
+        .unwrap()
+        .load(baton_games::CONNECT_FOUR.bytes)
+        .unwrap();
     assert_eq!(again.hash(), first.hash());
 
     // ...and a damaged one is never loaded: it is compiled afresh.
@@ -55,9 +68,16 @@ fn compiled_modules_are_cached_checked_and_recompiled_when_damaged() {
     let last = artifact.len() - 100;
     artifact[last] ^= 0xff;
     std::fs::write(&files[0], &artifact).unwrap();
-    let repaired = Runtime::new(config).unwrap().load(baton_games::CONNECT_FOUR.bytes).unwrap();
+    let repaired = Runtime::new(config)
+        .unwrap()
+        .load(baton_games::CONNECT_FOUR.bytes)
+        .unwrap();
     assert_eq!(repaired.info().name, "connect-four");
-    assert_ne!(std::fs::read(&files[0]).unwrap(), artifact, "the artifact was rewritten");
+    assert_ne!(
+        std::fs::read(&files[0]).unwrap(),
+        artifact,
+        "the artifact was rewritten"
+    );
 }
 
 #[test]
@@ -79,7 +99,11 @@ fn modules_describe_themselves() {
     let m = crate::support::minotaur();
     assert_eq!(m.name_version(), "minotaur@1.0.0");
     assert_eq!(m.info().state_schema, 1);
-    assert!(m.fresh_memory_bytes() <= 4 * 65536, "{} bytes", m.fresh_memory_bytes());
+    assert!(
+        m.fresh_memory_bytes() <= 4 * 65536,
+        "{} bytes",
+        m.fresh_memory_bytes()
+    );
 }
 
 /// The rewritten component's structure, as text: checked against a golden
@@ -87,12 +111,16 @@ fn modules_describe_themselves() {
 /// seen. Set BATON_BLESS=1 to accept a new shape.
 #[test]
 fn the_instrumented_component_keeps_its_shape() {
-    let (instrumented, layout) = baton_runtime::instrument::instrument(baton_games::MINOTAUR.bytes).unwrap();
+    let (instrumented, layout) =
+        baton_runtime::instrument::instrument(baton_games::MINOTAUR.bytes).unwrap();
     let report = baton_module::inspect(&instrumented).unwrap();
     let mut shape = String::new();
     shape.push_str(&format!("core modules: {}\n", report.core_modules));
     shape.push_str(&format!("exports: {}\n", report.exports.join(", ")));
-    shape.push_str(&format!("memories: {:?}\n", layout.memories.iter().map(|m| m.index).collect::<Vec<_>>()));
+    shape.push_str(&format!(
+        "memories: {:?}\n",
+        layout.memories.iter().map(|m| m.index).collect::<Vec<_>>()
+    ));
     shape.push_str(&format!("mutable globals: {:?}\n", layout.globals));
     // The accessor module, and what the outer component does with it.
     let mut depth = 0;
@@ -105,7 +133,10 @@ fn the_instrumented_component_keeps_its_shape() {
             wasmparser::Payload::ImportSection(imports) if depth == 2 && modules == 2 => {
                 for i in imports.into_imports() {
                     let i = i.unwrap();
-                    shape.push_str(&format!("accessor imports {}.{}: {:?}\n", i.module, i.name, i.ty));
+                    shape.push_str(&format!(
+                        "accessor imports {}.{}: {:?}\n",
+                        i.module, i.name, i.ty
+                    ));
                 }
             }
             wasmparser::Payload::ExportSection(exports) if depth == 2 && modules == 2 => {
@@ -118,7 +149,10 @@ fn the_instrumented_component_keeps_its_shape() {
                 for e in exports {
                     let e = e.unwrap();
                     if e.name.starts_with("baton-snapshot:") {
-                        shape.push_str(&format!("guest exports {} ({:?} {})\n", e.name, e.kind, e.index));
+                        shape.push_str(&format!(
+                            "guest exports {} ({:?} {})\n",
+                            e.name, e.kind, e.index
+                        ));
                     }
                 }
             }
@@ -132,10 +166,16 @@ fn the_instrumented_component_keeps_its_shape() {
             _ => {}
         }
     }
-    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/all/golden/minotaur-instrumented.txt");
+    let golden = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/all/golden/minotaur-instrumented.txt"
+    );
     if std::env::var_os("BATON_BLESS").is_some() {
         std::fs::write(golden, &shape).unwrap();
     }
     let expected = std::fs::read_to_string(golden).unwrap_or_default();
-    assert_eq!(shape, expected, "the instrumented shape changed; if intended, rerun with BATON_BLESS=1");
+    assert_eq!(
+        shape, expected,
+        "the instrumented shape changed; if intended, rerun with BATON_BLESS=1"
+    );
 }

@@ -20,10 +20,18 @@ fn contained(limits: Limits, action: &str) -> CallError {
     let before = s.state_digest().unwrap();
     let position = s.position();
     let error = s.act("p", action, 3).expect_err("the call fails");
-    assert_eq!(s.state_digest().unwrap(), before, "{action}: state after equals state before");
+    assert_eq!(
+        s.state_digest().unwrap(),
+        before,
+        "{action}: state after equals state before"
+    );
     assert_eq!(s.position(), position, "{action}: nothing journaled");
     let after = s.act("p", r#"{"add": 1}"#, 4).unwrap().unwrap();
-    assert_eq!(after.public()[0], baton_sdk::testing::json!("counter is 42"), "{action}: keeps working");
+    assert_eq!(
+        after.public()[0],
+        baton_sdk::testing::json!("counter is 42"),
+        "{action}: keeps working"
+    );
     error
 }
 
@@ -45,7 +53,10 @@ fn an_endless_loop_runs_out_of_fuel() {
 #[test]
 fn a_memory_hog_hits_the_session_limit() {
     let e = contained(small(), r#""hog""#);
-    assert!(matches!(e, CallError::MemoryLimit { limit, .. } if limit == 16 << 20), "{e}");
+    assert!(
+        matches!(e, CallError::MemoryLimit { limit, .. } if limit == 16 << 20),
+        "{e}"
+    );
     assert!(e.to_string().contains("limit is 16777216"), "{e}");
 }
 
@@ -73,7 +84,10 @@ fn an_enormous_event_list_is_refused() {
         ..small()
     };
     let e = contained(limits, r#"{"flood": 2000}"#);
-    assert!(matches!(e, CallError::OutputTooLarge { limit, .. } if limit == 1 << 20), "{e}");
+    assert!(
+        matches!(e, CallError::OutputTooLarge { limit, .. } if limit == 1 << 20),
+        "{e}"
+    );
 }
 
 #[test]
@@ -114,7 +128,9 @@ fn failures_between_checkpoints_roll_back_through_the_journal() {
     let mut s = session(small());
     s.checkpoint().unwrap();
     for i in 0..20 {
-        s.act("p", &format!(r#"{{"add": {i}}}"#), 10 + i).unwrap().unwrap();
+        s.act("p", &format!(r#"{{"add": {i}}}"#), 10 + i)
+            .unwrap()
+            .unwrap();
     }
     assert_eq!(s.since_checkpoint().len(), 20);
     let before = s.state_digest().unwrap();

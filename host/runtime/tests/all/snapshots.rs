@@ -16,15 +16,25 @@ const C4_PLAYERS: [&str; 2] = ["ann", "bob"];
 enum Op {
     /// An action by player `player` (mod the player count), from the game's
     /// list of templates (some illegal, some not even JSON).
-    Act { player: usize, template: usize, dt: u64 },
+    Act {
+        player: usize,
+        template: usize,
+        dt: u64,
+    },
     /// Time passes and the rules tick.
-    Tick { dt: u64 },
+    Tick {
+        dt: u64,
+    },
     /// Someone looks (the last index is a spectator).
-    View { viewer: usize },
+    View {
+        viewer: usize,
+    },
     Status,
     /// An action of `kib` KiB of junk: grows memory while it is lowered,
     /// and past the session's limit it traps and is rolled back.
-    Big { kib: usize },
+    Big {
+        kib: usize,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -48,8 +58,14 @@ fn limits() -> Limits {
 fn minotaur_action(template: usize) -> String {
     const DIRS: [(i32, i32); 6] = [(1, 0), (1, -1), (0, -1), (-1, 0), (-1, 1), (0, 1)];
     match template {
-        0..=5 => format!(r#"{{"type":"move","dq":{},"dr":{}}}"#, DIRS[template].0, DIRS[template].1),
-        6..=9 => format!(r#"{{"type":"attack","target":"{}"}}"#, MINOTAUR_PLAYERS[template - 6]),
+        0..=5 => format!(
+            r#"{{"type":"move","dq":{},"dr":{}}}"#,
+            DIRS[template].0, DIRS[template].1
+        ),
+        6..=9 => format!(
+            r#"{{"type":"attack","target":"{}"}}"#,
+            MINOTAUR_PLAYERS[template - 6]
+        ),
         10 => r#"{"type":"move","dq":2,"dr":0}"#.into(),
         11 => r#"{"type":"fly"}"#.into(),
         12 => "not json".into(),
@@ -93,7 +109,11 @@ fn c4_game() -> Game {
 /// Runs `op` and renders everything it returned, errors included.
 fn run(game: &Game, session: &mut Session, clock: &mut u64, op: &Op) -> String {
     let call = match op {
-        Op::Act { player, template, dt } => {
+        Op::Act {
+            player,
+            template,
+            dt,
+        } => {
             *clock += dt;
             Call::Act {
                 player: game.players[player % game.players.len()].into(),
@@ -124,15 +144,27 @@ fn run(game: &Game, session: &mut Session, clock: &mut u64, op: &Op) -> String {
 
 fn check_restore_mid_game(game: Game, seed: u64, before: Vec<Op>, after: Vec<Op>) {
     let mut original = Session::new(game.module.clone(), limits()).unwrap();
-    original.start(setup(game.players, game.options, seed)).unwrap().unwrap();
+    original
+        .start(setup(game.players, game.options, seed))
+        .unwrap()
+        .unwrap();
     let mut clock = 0;
     for op in &before {
         run(&game, &mut original, &mut clock, op);
     }
     let image = original.snapshot().expect("capture");
-    let mut restored = Session::restore(game.module.clone(), limits(), &image.encode()).expect("restore");
-    assert_eq!(restored.memory(0).unwrap(), original.memory(0).unwrap(), "memory bytes");
-    assert_eq!(restored.globals().unwrap(), original.globals().unwrap(), "globals");
+    let mut restored =
+        Session::restore(game.module.clone(), limits(), &image.encode()).expect("restore");
+    assert_eq!(
+        restored.memory(0).unwrap(),
+        original.memory(0).unwrap(),
+        "memory bytes"
+    );
+    assert_eq!(
+        restored.globals().unwrap(),
+        original.globals().unwrap(),
+        "globals"
+    );
     assert_eq!(restored.position(), original.position());
 
     let mut clock_restored = clock;
@@ -141,7 +173,11 @@ fn check_restore_mid_game(game: Game, seed: u64, before: Vec<Op>, after: Vec<Op>
         let b = run(&game, &mut restored, &mut clock_restored, op);
         assert_eq!(a, b, "result {i} after the restore differs");
     }
-    assert_eq!(original.state_digest().unwrap(), restored.state_digest().unwrap(), "final state");
+    assert_eq!(
+        original.state_digest().unwrap(),
+        restored.state_digest().unwrap(),
+        "final state"
+    );
 }
 
 proptest! {
@@ -169,7 +205,10 @@ proptest! {
 /// A session driven by a fixed script, for the deterministic tests below.
 fn scripted(game: &Game, seed: u64, steps: usize) -> (Session, u64) {
     let mut session = Session::new(game.module.clone(), limits()).unwrap();
-    session.start(setup(game.players, game.options, seed)).unwrap().unwrap();
+    session
+        .start(setup(game.players, game.options, seed))
+        .unwrap()
+        .unwrap();
     let mut clock = 0;
     let mut rng = baton_sdk::Rng::from_seed(seed);
     for _ in 0..steps {
@@ -179,7 +218,9 @@ fn scripted(game: &Game, seed: u64, steps: usize) -> (Session, u64) {
                 template: rng.below(14) as usize,
                 dt: rng.below(300),
             },
-            6 | 7 => Op::Tick { dt: rng.below(1500) },
+            6 | 7 => Op::Tick {
+                dt: rng.below(1500),
+            },
             8 => Op::View {
                 viewer: rng.below(5) as usize,
             },
@@ -234,7 +275,9 @@ fn the_whole_journal_from_a_fresh_instance_replays_to_identical_bytes() {
     let game = c4_game();
     let mut session = Session::new(game.module.clone(), limits()).unwrap();
     let mut journal = Vec::new();
-    let (_, entry) = session.call(Call::Start(setup(&C4_PLAYERS, game.options, 5)), 0).unwrap();
+    let (_, entry) = session
+        .call(Call::Start(setup(&C4_PLAYERS, game.options, 5)), 0)
+        .unwrap();
     journal.push(entry);
     for (i, column) in [3, 3, 4, 9, 2, 2, 5, 0, 1].into_iter().enumerate() {
         for player in C4_PLAYERS {
@@ -245,13 +288,21 @@ fn the_whole_journal_from_a_fresh_instance_replays_to_identical_bytes() {
             };
             journal.push(session.call(call, 100 * i as u64).unwrap().1);
         }
-        journal.push(session.call(Call::View(Viewer::Spectator), 100 * i as u64).unwrap().1);
+        journal.push(
+            session
+                .call(Call::View(Viewer::Spectator), 100 * i as u64)
+                .unwrap()
+                .1,
+        );
     }
     let mut replayed = Session::new(game.module.clone(), limits()).unwrap();
     for entry in &journal {
         replayed.replay(entry).unwrap();
     }
-    assert_eq!(replayed.state_digest().unwrap(), session.state_digest().unwrap());
+    assert_eq!(
+        replayed.state_digest().unwrap(),
+        session.state_digest().unwrap()
+    );
 }
 
 #[test]
@@ -260,7 +311,10 @@ fn deltas_folded_in_order_restore_the_same_session() {
     let module = game.module.clone();
     let mut session = Session::new(module.clone(), limits()).unwrap();
     let mut folded: Image = module.fresh_image();
-    session.start(setup(&MINOTAUR_PLAYERS, game.options, 8)).unwrap().unwrap();
+    session
+        .start(setup(&MINOTAUR_PLAYERS, game.options, 8))
+        .unwrap()
+        .unwrap();
     let mut clock = 0;
     let mut rng = baton_sdk::Rng::from_seed(8);
     for round in 0..12 {
@@ -278,8 +332,11 @@ fn deltas_folded_in_order_restore_the_same_session() {
         let delta = baton_runtime::Delta::decode(&session.delta().unwrap().encode()).unwrap();
         folded.apply(&delta).unwrap();
     }
-    let mut restored = Session::restore_image(module, limits(), &folded).unwrap();
-    assert_eq!(restored.state_digest().unwrap(), session.state_digest().unwrap());
+    let mut restored = Session::restore_image(module, limits(), Arc::new(folded)).unwrap();
+    assert_eq!(
+        restored.state_digest().unwrap(),
+        session.state_digest().unwrap()
+    );
     assert_eq!(restored.position(), session.position());
 }
 
@@ -308,23 +365,50 @@ fn the_accessor_reads_what_wasmtimes_guest_debug_view_sees() {
         let module = runtime.load(component.bytes).unwrap();
         let game = Game {
             module,
-            ..if component.name == "minotaur" { minotaur_game() } else { c4_game() }
+            ..if component.name == "minotaur" {
+                minotaur_game()
+            } else {
+                c4_game()
+            }
         };
         let (mut session, _) = scripted(&game, 21, 30);
         let (memories, globals) = session.debug_oracle().unwrap();
-        assert_eq!(session.memory(0).unwrap(), memories[0], "{}: memory", component.name);
-        assert_eq!(session.globals().unwrap(), globals, "{}: globals", component.name);
+        assert_eq!(
+            session.memory(0).unwrap(),
+            memories[0],
+            "{}: memory",
+            component.name
+        );
+        assert_eq!(
+            session.globals().unwrap(),
+            globals,
+            "{}: globals",
+            component.name
+        );
         // And a restore writes what the oracle then sees.
         let image = session.snapshot().unwrap();
-        let mut restored = Session::restore_image(game.module.clone(), limits(), &image).unwrap();
+        let mut restored =
+            Session::restore_image(game.module.clone(), limits(), Arc::new(image)).unwrap();
         let (restored_memories, restored_globals) = restored.debug_oracle().unwrap();
-        assert_eq!(restored_memories, memories, "{}: restored memory", component.name);
-        assert_eq!(restored_globals, globals, "{}: restored globals", component.name);
+        assert_eq!(
+            restored_memories, memories,
+            "{}: restored memory",
+            component.name
+        );
+        assert_eq!(
+            restored_globals, globals,
+            "{}: restored globals",
+            component.name
+        );
     }
 }
 
 /// The replies of `script` run on a session restored from `snapshot`.
-fn replies_after_restore(module: Arc<RuleModule>, snapshot: &[u8], script: &[(Call, u64)]) -> (Vec<String>, [u8; 32]) {
+fn replies_after_restore(
+    module: Arc<RuleModule>,
+    snapshot: &[u8],
+    script: &[(Call, u64)],
+) -> (Vec<String>, [u8; 32]) {
     let mut session = Session::restore(module, limits(), snapshot).unwrap();
     let replies = script
         .iter()
@@ -357,7 +441,10 @@ fn cross_process_script() -> Vec<(Call, u64)> {
 /// runs in the child: a no-op unless the parent set the variables.
 #[test]
 fn child_process_restores_a_snapshot_file() {
-    let (Ok(input), Ok(output)) = (std::env::var("BATON_TEST_SNAPSHOT"), std::env::var("BATON_TEST_REPLIES")) else {
+    let (Ok(input), Ok(output)) = (
+        std::env::var("BATON_TEST_SNAPSHOT"),
+        std::env::var("BATON_TEST_REPLIES"),
+    ) else {
         return;
     };
     let snapshot = std::fs::read(input).unwrap();
@@ -377,7 +464,11 @@ fn a_snapshot_restores_identically_in_another_process() {
     std::fs::write(&input, &snapshot).unwrap();
 
     let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "snapshots::child_process_restores_a_snapshot_file", "--test-threads=1"])
+        .args([
+            "--exact",
+            "snapshots::child_process_restores_a_snapshot_file",
+            "--test-threads=1",
+        ])
         .env("BATON_TEST_SNAPSHOT", &input)
         .env("BATON_TEST_REPLIES", &output)
         .status()
@@ -385,7 +476,8 @@ fn a_snapshot_restores_identically_in_another_process() {
     assert!(status.success());
     let theirs = std::fs::read_to_string(&output).expect("the child wrote its replies");
 
-    let (replies, digest) = replies_after_restore(game.module.clone(), &snapshot, &cross_process_script());
+    let (replies, digest) =
+        replies_after_restore(game.module.clone(), &snapshot, &cross_process_script());
     let ours = format!("{}\n{}", replies.join("\n"), hex(&digest));
     assert_eq!(theirs.lines().count(), 121);
     assert_eq!(theirs, ours);
@@ -416,10 +508,13 @@ fn capturing_does_not_disturb_the_guest() {
         session.delta().unwrap();
     }
     assert_eq!(session.state_digest().unwrap(), before);
-    assert_eq!(session.memory(0).unwrap().len(), sizes_before, "reading never grows guest memory");
+    assert_eq!(
+        session.memory(0).unwrap().len(),
+        sizes_before,
+        "reading never grows guest memory"
+    );
     assert!(matches!(
         session.call(Call::Status, 0).unwrap().0,
         Reply::Status(_)
     ));
 }
-
