@@ -19,7 +19,7 @@
 //! - `module`: [`RuleModule`] loading, [`ModuleHash`], the compiled-module cache.
 //! - `instrument`: the component rewrite adding the snapshot accessor.
 //! - `session`: [`Session`], [`Limits`], [`CallError`].
-//! - `snapshot`: [`Image`], [`Delta`] and their binary format.
+//! - [`snapshot`] (the `baton-snapshot` crate): [`Image`], [`Delta`] and their binary format.
 //! - `journal`: [`JournalEntry`], [`Call`], [`Reply`].
 //! - `bindings`: wasmtime's bindings of `wit/rules.wit`.
 #![warn(missing_docs)]
@@ -32,10 +32,11 @@ pub mod instrument;
 mod journal;
 mod module;
 mod session;
-pub mod snapshot;
 
+/// The snapshot format, re-exported.
+pub use baton_snapshot as snapshot;
+pub use baton_snapshot::{Delta, Image, SnapshotError};
 pub use engine::{Runtime, RuntimeConfig, RuntimeError};
 pub use journal::{Call, JournalEntry, Reply};
 pub use module::{LoadError, ModuleHash, RuleModule};
 pub use session::{CallError, Limits, RestoreError, Session};
-pub use snapshot::{Delta, Image, SnapshotError};

@@ -13,7 +13,7 @@ use xxhash_rust::xxh3::xxh3_128;
 use crate::bindings::{Rules, game};
 use crate::journal::{Call, JournalEntry, Reply};
 use crate::module::{Fresh, MemoryAccess, ModuleHash, RuleModule};
-use crate::snapshot::{Delta, Image, MemoryDelta, MemoryImage, PAGE, SnapshotError};
+use baton_snapshot::{Delta, Image, MemoryDelta, MemoryImage, PAGE, SnapshotError};
 
 /// Bytes moved per accessor call: bounds the accessor's scratch memory.
 const CHUNK: usize = 256 << 10;

@@ -2,7 +2,7 @@
 //! anything it accepts re-encodes to the same bytes.
 #![no_main]
 
-use baton_runtime::{Delta, Image};
+use baton_snapshot::{Delta, Image};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     check(data);
