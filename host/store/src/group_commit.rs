@@ -1,0 +1,167 @@
+//! Group commit: many journal appends, one durable commit, then every ack.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+
+use crate::{JournalWrite, Store, StoreError};
+
+/// Most entries one commit takes, so a flood cannot delay its first acks
+/// without bound.
+const MAX_BATCH: usize = 4096;
+
+/// Called once an append is durable, or failed.
+type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+struct Pending {
+    session: String,
+    position: u64,
+    entry: Vec<u8>,
+    done: Done,
+}
+
+/// Counters of a [`GroupCommit`], for metrics.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// Durable commits made.
+    pub commits: AtomicU64,
+    /// Entries they held.
+    pub entries: AtomicU64,
+    /// Bytes of entries they held.
+    pub bytes: AtomicU64,
+}
+
+/// A journal writer that batches appends into group commits.
+///
+/// [`append`](GroupCommit::append) queues an entry and returns at once; the
+/// writer thread takes everything queued, commits it with one fsync, and
+/// then calls each entry's `done`. An entry is acknowledged only after its
+/// commit: never before, and never if it failed.
+pub struct GroupCommit {
+    queue: Option<mpsc::Sender<Pending>>,
+    writer: Option<JoinHandle<()>>,
+    stats: Arc<CommitStats>,
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupCommit {
+    /// Starts the writer thread over `store`.
+    pub fn start(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let (queue, pending) = mpsc::channel::<Pending>();
+        let stats = Arc::new(CommitStats::default());
+        let counters = stats.clone();
+        let writer = std::thread::Builder::new()
+            .name("baton-journal".into())
+            .spawn(move || write_loop(&*store, &pending, &counters))
+            .map_err(|e| StoreError::Io(format!("could not start the journal writer: {e}")))?;
+        Ok(GroupCommit {
+            queue: Some(queue),
+            writer: Some(writer),
+            stats,
+        })
+    }
+
+    /// Queues `entry` at `position` of `session`'s journal; `done` is called
+    /// from the writer thread once it is durable (or failed).
+    pub fn append(
+        &self,
+        session: &str,
+        position: u64,
+        entry: Vec<u8>,
+        done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) {
+        let pending = Pending {
+            session: session.to_owned(),
+            position,
+            entry,
+            done: Box::new(done),
+        };
+        let Some(queue) = &self.queue else {
+            (pending.done)(Err(StoreError::Closed));
+            return;
+        };
+        if let Err(mpsc::SendError(pending)) = queue.send(pending) {
+            (pending.done)(Err(StoreError::Closed));
+        }
+    }
+
+    /// Appends and waits until the entry is durable.
+    pub fn append_and_wait(
+        &self,
+        session: &str,
+        position: u64,
+        entry: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.append(session, position, entry, move |result| {
+            let _ = tx.send(result);
+        });
+        rx.recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Commit counters.
+    pub fn stats(&self) -> &CommitStats {
+        &self.stats
+    }
+
+    /// Commits everything queued, then stops the writer.
+    pub fn close(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        // Dropping the queue lets the writer drain what is left and stop.
+        self.queue.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+fn write_loop(store: &dyn Store, pending: &mpsc::Receiver<Pending>, stats: &CommitStats) {
+    // Block for the first entry, then take whatever else is already queued:
+    // the entries that arrived while the previous commit was syncing.
+    while let Ok(first) = pending.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match pending.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let writes: Vec<JournalWrite<'_>> = batch
+            .iter()
+            .map(|p| JournalWrite {
+                session: &p.session,
+                position: p.position,
+                entry: &p.entry,
+            })
+            .collect();
+        let result = store.append(&writes);
+        if result.is_ok() {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats
+                .entries
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let bytes: usize = batch.iter().map(|p| p.entry.len()).sum();
+            stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+        drop(writes);
+        for p in batch {
+            (p.done)(result.clone());
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! A Baton node's durable store.
+//!
+//! A node keeps everything it needs to resume its sessions after a crash or
+//! a full-cluster restart: the rule modules it runs, each session's record,
+//! its latest snapshot and the journal of calls since. The [`Store`] trait is
+//! that contract, small enough for another backend (PostgreSQL) to implement;
+//! [`RedbStore`] is the embedded one (one file, no server to install).
+//!
+//! Acknowledging a player's action waits for its journal entry to be durable.
+//! [`GroupCommit`] makes that cheap: one writer thread collects every entry
+//! queued while the previous commit was in flight and commits them together,
+//! with one fsync, then acknowledges each.
+//!
+//! # Layout
+//!
+//! - [`Store`], [`StoreError`], [`Published`], [`JournalWrite`]: the contract.
+//! - `redb_store`: [`RedbStore`].
+//! - `group_commit`: [`GroupCommit`] and its [`CommitStats`].
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod group_commit;
+mod redb_store;
+
+pub use baton_snapshot::ModuleHash;
+pub use group_commit::{CommitStats, GroupCommit};
+pub use redb_store::RedbStore;
+
+/// Why the store could not do something. Cloneable, so one failed group
+/// commit can be reported to every waiter.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A different module is already published under this name and version.
+    #[error(
+        "{name_version} is already published with other bytes ({existing}); publish a new version instead"
+    )]
+    Conflict {
+        /// `name@version`.
+        name_version: String,
+        /// The hash already there.
+        existing: ModuleHash,
+    },
+    /// The disk or the database failed.
+    #[error("the store failed: {0}")]
+    Io(String),
+    /// The group-commit writer has stopped.
+    #[error("the journal writer has stopped")]
+    Closed,
+}
+
+/// What publishing a module did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Published {
+    /// Stored for the first time.
+    New,
+    /// The same bytes were already there under that name: nothing changed.
+    AlreadyThere,
+}
+
+/// One journal entry to append.
+#[derive(Clone, Copy, Debug)]
+pub struct JournalWrite<'a> {
+    /// The session.
+    pub session: &'a str,
+    /// The entry's position in the session's journal.
+    pub position: u64,
+    /// The encoded entry.
+    pub entry: &'a [u8],
+}
+
+/// Durable storage for one node. Every method is blocking; call it from a
+/// blocking thread. A successful write is durable against a process crash
+/// when it returns.
+pub trait Store: Send + Sync + 'static {
+    /// Stores a module's bytes under its hash and `name_version`. The same
+    /// bytes twice is fine; other bytes under a taken `name_version` are a
+    /// [`StoreError::Conflict`].
+    fn publish_module(
+        &self,
+        name_version: &str,
+        hash: &ModuleHash,
+        bytes: &[u8],
+    ) -> Result<Published, StoreError>;
+
+    /// A module's bytes, by hash.
+    fn module_bytes(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every published `name@version` with its hash, sorted by name.
+    fn modules(&self) -> Result<Vec<(String, ModuleHash)>, StoreError>;
+
+    /// Creates or replaces a session's record (the node's own encoding).
+    fn put_session(&self, id: &str, record: &[u8]) -> Result<(), StoreError>;
+
+    /// Every session's record, by id.
+    fn sessions(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    /// Appends journal entries, all in one durable commit.
+    fn append(&self, entries: &[JournalWrite<'_>]) -> Result<(), StoreError>;
+
+    /// A session's journal entries from `from` on, in order.
+    fn journal(&self, session: &str, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+
+    /// Stores a session's snapshot taken at `position`, replacing older
+    /// ones, and drops the journal entries it covers (those before it).
+    fn put_snapshot(&self, session: &str, position: u64, snapshot: &[u8])
+    -> Result<(), StoreError>;
+
+    /// A session's latest snapshot and its position.
+    fn snapshot(&self, session: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+}

@@ -1,0 +1,258 @@
+//! The store keeps what it acknowledged, across reopening and `kill -9`.
+
+use std::sync::Arc;
+
+use baton_store::{GroupCommit, JournalWrite, ModuleHash, Published, RedbStore, Store, StoreError};
+
+fn open(dir: &tempfile::TempDir) -> RedbStore {
+    RedbStore::open(&dir.path().join("node.redb")).expect("the store opens")
+}
+
+#[test]
+fn modules_are_content_addressed_and_names_are_immutable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let a = ModuleHash::of(b"module a");
+    let b = ModuleHash::of(b"module b");
+    assert_eq!(
+        store.publish_module("race@1.0.0", &a, b"module a").unwrap(),
+        Published::New
+    );
+    assert_eq!(
+        store.publish_module("race@1.0.0", &a, b"module a").unwrap(),
+        Published::AlreadyThere
+    );
+    let err = store
+        .publish_module("race@1.0.0", &b, b"module b")
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Conflict {
+            name_version: "race@1.0.0".into(),
+            existing: a
+        }
+    );
+    assert!(err.to_string().contains("publish a new version"));
+    store.publish_module("race@1.1.0", &b, b"module b").unwrap();
+    assert_eq!(
+        store.module_bytes(&b).unwrap().as_deref(),
+        Some(&b"module b"[..])
+    );
+    assert_eq!(store.module_bytes(&ModuleHash([0; 32])).unwrap(), None);
+    assert_eq!(
+        store.modules().unwrap(),
+        [("race@1.0.0".into(), a), ("race@1.1.0".into(), b)]
+    );
+}
+
+#[test]
+fn journals_read_back_in_order_and_snapshots_truncate_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let entries: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 3]).collect();
+    for (position, entry) in entries.iter().enumerate() {
+        for session in ["s1", "s2"] {
+            store
+                .append(&[JournalWrite {
+                    session,
+                    position: position as u64,
+                    entry,
+                }])
+                .unwrap();
+        }
+    }
+    assert_eq!(store.journal("s1", 0).unwrap().len(), 10);
+    assert_eq!(
+        store.journal("s1", 7).unwrap(),
+        [(7, vec![7; 3]), (8, vec![8; 3]), (9, vec![9; 3])]
+    );
+    assert!(store.journal("s3", 0).unwrap().is_empty());
+
+    store.put_snapshot("s1", 6, b"snapshot at 6").unwrap();
+    assert_eq!(
+        store.snapshot("s1").unwrap(),
+        Some((6, b"snapshot at 6".to_vec()))
+    );
+    assert_eq!(
+        store.journal("s1", 0).unwrap().first().map(|e| e.0),
+        Some(6),
+        "entries before 6 are dropped"
+    );
+    assert_eq!(
+        store.journal("s2", 0).unwrap().len(),
+        10,
+        "other sessions untouched"
+    );
+    // An older snapshot never replaces a newer one.
+    store.put_snapshot("s1", 3, b"stale").unwrap();
+    assert_eq!(store.snapshot("s1").unwrap().unwrap().0, 6);
+}
+
+#[test]
+fn everything_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir);
+        store.put_session("s1", b"record one").unwrap();
+        store.put_session("s1", b"record two").unwrap();
+        store
+            .append(&[JournalWrite {
+                session: "s1",
+                position: 0,
+                entry: b"e0",
+            }])
+            .unwrap();
+        store.put_snapshot("s2", 4, b"snap").unwrap();
+    }
+    let store = open(&dir);
+    assert_eq!(
+        store.sessions().unwrap(),
+        [("s1".into(), b"record two".to_vec())]
+    );
+    assert_eq!(store.journal("s1", 0).unwrap(), [(0, b"e0".to_vec())]);
+    assert_eq!(store.snapshot("s2").unwrap(), Some((4, b"snap".to_vec())));
+}
+
+#[test]
+fn group_commit_batches_concurrent_appends_and_acks_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(open(&dir));
+    let journal = Arc::new(GroupCommit::start(store.clone()).unwrap());
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let journal = journal.clone();
+            std::thread::spawn(move || {
+                for position in 0..50u64 {
+                    journal
+                        .append_and_wait(
+                            &format!("s{t}"),
+                            position,
+                            format!("{t}:{position}").into_bytes(),
+                        )
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let stats = journal.stats();
+    let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
+    let entries = stats.entries.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(entries, 800);
+    assert!(
+        commits < entries,
+        "{commits} commits for {entries} entries: nothing was grouped"
+    );
+    for t in 0..16 {
+        let journal = store.journal(&format!("s{t}"), 0).unwrap();
+        assert_eq!(journal.len(), 50);
+        assert!(
+            journal
+                .iter()
+                .enumerate()
+                .all(|(i, (p, e))| *p == i as u64 && *e == format!("{t}:{i}").into_bytes())
+        );
+    }
+}
+
+#[test]
+fn a_closed_writer_refuses_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(open(&dir));
+    let journal = GroupCommit::start(store).unwrap();
+    journal.append_and_wait("s", 0, b"x".to_vec()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    journal.append("s", 1, b"y".to_vec(), move |r| tx.send(r).unwrap());
+    journal.close();
+    assert_eq!(
+        rx.recv().unwrap(),
+        Ok(()),
+        "queued entries are committed before closing"
+    );
+}
+
+/// The child half of `acknowledged_entries_survive_kill_9`: appends until
+/// killed, printing each position once it is acknowledged.
+#[test]
+fn child_appends_until_killed() {
+    let Ok(path) = std::env::var("BATON_STORE_CHILD") else {
+        return;
+    };
+    use std::io::Write;
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(std::path::Path::new(&path)).unwrap());
+    let journal = Arc::new(GroupCommit::start(store).unwrap());
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let journal = journal.clone();
+            std::thread::spawn(move || {
+                for position in 0.. {
+                    journal
+                        .append_and_wait(&format!("s{t}"), position, vec![t as u8; 100])
+                        .unwrap();
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "acked s{t} {position}").unwrap();
+                    out.flush().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn acknowledged_entries_survive_kill_9() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    for round in 0..3 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_appends_until_killed",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("BATON_STORE_CHILD", &path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut acked = std::collections::BTreeMap::<String, u64>::new();
+        let mut lines = BufReader::new(stdout).lines();
+        // Let it get going, then kill it without warning mid-stream.
+        let wanted = 200 + round * 150;
+        let mut seen = 0;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("acked ") {
+                let (session, position) = rest.split_once(' ').unwrap();
+                let position: u64 = position.parse().unwrap();
+                let max = acked.entry(session.to_owned()).or_default();
+                *max = (*max).max(position);
+                seen += 1;
+                if seen == wanted {
+                    break;
+                }
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // Whatever was acknowledged before the kill is there after it.
+        let store = RedbStore::open(&path).expect("the store reopens after kill -9");
+        for (session, max) in &acked {
+            let journal = store.journal(session, 0).unwrap();
+            assert!(
+                journal.len() as u64 > *max,
+                "{session}: acked up to {max}, found {} entries",
+                journal.len()
+            );
+        }
+        // Clear for the next round.
+        drop(store);
+        std::fs::remove_file(&path).unwrap();
+    }
+}
