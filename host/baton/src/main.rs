@@ -1,11 +1,13 @@
 //! `baton`: the node host and its command-line tool.
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+
+mod module_cmd;
+mod serve;
 
 /// Baton runs live game sessions as sandboxed Wasm instances that survive deploys.
 #[derive(Debug, Parser)]
@@ -17,6 +19,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a node: players connect over WebSocket, operators over HTTP.
+    Serve(serve::ServeArgs),
     /// Build, inspect and check rule modules.
     #[command(subcommand)]
     Module(ModuleCommand),
@@ -71,94 +75,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             package,
             target_dir,
-        }) => build(&path, out, package, target_dir),
-        Command::Module(ModuleCommand::Inspect { file, json }) => inspect(&file, json),
-    }
-}
-
-fn build(
-    path: &Path,
-    out: Option<PathBuf>,
-    package: Option<String>,
-    target_dir: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    let manifest = if path.is_dir() {
-        path.join("Cargo.toml")
-    } else {
-        path.to_owned()
-    };
-    if !manifest.is_file() {
-        bail!("{} is not a crate: no Cargo.toml there", path.display());
-    }
-    let build = baton_module::Build {
-        packages: package.into_iter().collect(),
-        target_dir,
-        ..baton_module::Build::new(&manifest)
-    };
-    eprintln!(
-        "building {} for {} ...",
-        manifest.display(),
-        baton_module::TARGET
-    );
-    let built = build.run()?;
-    let [module] = built.as_slice() else {
-        bail!(
-            "{} built {} rule modules; choose one with --package",
-            manifest.display(),
-            built.len()
-        );
-    };
-    let out =
-        out.unwrap_or_else(|| PathBuf::from(format!("{}.wasm", module.package.replace('_', "-"))));
-    std::fs::write(&out, &module.component)
-        .with_context(|| format!("could not write {}", out.display()))?;
-    let pages: Vec<String> = module
-        .report
-        .memories
-        .iter()
-        .map(|m| m.min_pages.to_string())
-        .collect();
-    eprintln!(
-        "built {} ({} KiB; memory starts at {} pages of 64 KiB; imports nothing; one core module)",
-        out.display(),
-        module.component.len().div_ceil(1024),
-        pages.join("+"),
-    );
-    Ok(())
-}
-
-fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
-    let bytes =
-        std::fs::read(file).with_context(|| format!("could not read {}", file.display()))?;
-    let report = baton_module::inspect(&bytes)?;
-    let verdict = baton_module::check(&report);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{}: {} bytes", file.display(), report.size);
-        println!("  exports:       {}", list(&report.exports));
-        println!("  imports:       {}", list(&report.imports));
-        println!("  core modules:  {}", report.core_modules);
-        println!("  core imports:  {}", list(&report.core_imports));
-        for m in &report.memories {
-            println!(
-                "  memory:        {} pages at start, max {:?}",
-                m.min_pages, m.max_pages
-            );
-        }
-        println!("  mut. globals:  {}", report.mutable_globals);
-    }
-    verdict.with_context(|| format!("{} cannot run on Baton", file.display()))?;
-    if !json {
-        println!("  ok: Baton can run it");
-    }
-    Ok(())
-}
-
-fn list(items: &[String]) -> String {
-    if items.is_empty() {
-        "none".into()
-    } else {
-        items.join(", ")
+        }) => module_cmd::build(&path, out, package, target_dir),
+        Command::Module(ModuleCommand::Inspect { file, json }) => module_cmd::inspect(&file, json),
+        Command::Serve(args) => serve::run(args),
     }
 }

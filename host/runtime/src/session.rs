@@ -856,6 +856,16 @@ impl Session {
         Ok(encoded)
     }
 
+    /// Like [`Session::checkpoint`] but without encoding: the image becomes
+    /// the rollback point and is returned, so that the caller can encode and
+    /// store it off the session's path.
+    pub fn checkpoint_image(&mut self) -> Result<Arc<Image>, CallError> {
+        let image = Arc::new(self.snapshot()?);
+        self.checkpoint = Checkpoint::Image(image.clone());
+        self.since_checkpoint.clear();
+        Ok(image)
+    }
+
     /// The whole of guest memory `k`, for inspection and tests.
     pub fn memory(&mut self, k: usize) -> Result<Vec<u8>, CallError> {
         let module = self.module.clone();

@@ -36,7 +36,8 @@ pub struct CommitStats {
 /// [`append`](GroupCommit::append) queues an entry and returns at once; the
 /// writer thread takes everything queued, commits it with one fsync, and
 /// then calls each entry's `done`. An entry is acknowledged only after its
-/// commit: never before, and never if it failed.
+/// commit: never before, and never if it failed. After one failed commit
+/// every later append fails too (fail-stop), so no journal gets a gap.
 pub struct GroupCommit {
     queue: Option<mpsc::Sender<Pending>>,
     writer: Option<JoinHandle<()>>,
@@ -132,6 +133,9 @@ impl Drop for GroupCommit {
 }
 
 fn write_loop(store: &dyn Store, pending: &mpsc::Receiver<Pending>, stats: &CommitStats) {
+    // After a failed commit nothing more is written: a later success would
+    // leave a gap in some journal. The node must restart on a working disk.
+    let mut failed: Option<StoreError> = None;
     // Block for the first entry, then take whatever else is already queued:
     // the entries that arrived while the previous commit was syncing.
     while let Ok(first) = pending.recv() {
@@ -150,7 +154,13 @@ fn write_loop(store: &dyn Store, pending: &mpsc::Receiver<Pending>, stats: &Comm
                 entry: &p.entry,
             })
             .collect();
-        let result = store.append(&writes);
+        let result = match &failed {
+            Some(e) => Err(e.clone()),
+            None => store.append(&writes),
+        };
+        if let Err(e) = &result {
+            failed.get_or_insert_with(|| e.clone());
+        }
         if result.is_ok() {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             stats

@@ -1,0 +1,142 @@
+//! `baton serve`: one node, configured from defaults, a TOML file,
+//! `BATON_*` environment variables and flags (later ones win).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use baton_node::{Node, NodeConfig};
+
+/// How `baton serve` is configured. Everything is optional.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// A TOML file with any `NodeConfig` fields (see the operator guide).
+    #[arg(long, short, env = "BATON_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address for players (HTTP + WebSocket) [default: 127.0.0.1:7400].
+    #[arg(long, env = "BATON_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Separate address for management calls [default: same as --listen].
+    #[arg(long, env = "BATON_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Data directory: the store and compiled-module cache [default: ./baton-data].
+    #[arg(long, env = "BATON_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Bearer token for management calls [default: generated into <data-dir>/operator-token].
+    #[arg(long, env = "BATON_OPERATOR_TOKEN", hide_env_values = true)]
+    operator_token: Option<String>,
+    /// Do not publish the example games at startup.
+    #[arg(long)]
+    no_example_games: bool,
+    /// Log lines as JSON (one object per line) instead of for humans.
+    #[arg(long, env = "BATON_LOG_JSON")]
+    log_json: bool,
+}
+
+fn config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("could not read {}", path.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("{} is not a valid node configuration", path.display()))?
+        }
+        None => NodeConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if args.admin_listen.is_some() {
+        config.admin_listen = args.admin_listen;
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir.clone_from(dir);
+    }
+    if args.operator_token.is_some() {
+        config.operator_token.clone_from(&args.operator_token);
+    }
+    if args.no_example_games {
+        config.example_games = false;
+    }
+    Ok(config)
+}
+
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_target(false);
+    if args.log_json {
+        subscriber.json().init();
+    } else {
+        subscriber.init();
+    }
+    let config = config(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: NodeConfig) -> anyhow::Result<()> {
+    let players = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "could not listen on {} (is another node running?)",
+                config.listen
+            )
+        })?;
+    let admin = match config.admin_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("could not listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    let data_dir = config.data_dir.clone();
+    let example_games = config.example_games;
+    let opened = tokio::task::spawn_blocking(move || Node::open(config)).await?;
+    let node = opened.context("could not open the node")?;
+    let mut published = Vec::new();
+    if example_games {
+        for game in [baton_games::MINOTAUR, baton_games::CONNECT_FOUR] {
+            let (module, _) = node
+                .publish(game.bytes.to_vec())
+                .await
+                .with_context(|| format!("could not publish the example game {}", game.name))?;
+            published.push(module.id);
+        }
+    }
+    let players_addr = players.local_addr()?;
+    let admin_addr = match &admin {
+        Some(listener) => listener.local_addr()?,
+        None => players_addr,
+    };
+    // The one line scripts and tests wait for.
+    println!("baton node ready: players http://{players_addr} management http://{admin_addr}");
+    println!("  data: {}", data_dir.display());
+    println!(
+        "  operator token: in {} (or --operator-token)",
+        data_dir.join("operator-token").display()
+    );
+    if !published.is_empty() {
+        println!("  example games: {}", published.join(", "));
+    }
+    baton_node::serve(node, players, admin, shutdown_signal()).await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// SIGTERM (a deploy) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

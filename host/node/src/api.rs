@@ -1,0 +1,523 @@
+//! The node's edge: HTTP routes and the player WebSocket (see PROTOCOL.md).
+//!
+//! Everything a client sends is parsed here, once, into typed values; a
+//! malformed request gets a clear error and never reaches the sessions.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use baton_sdk::wire::{self, Viewer};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+
+use crate::error::NodeError;
+use crate::node::{ActOutcome, CreateSession, EventBatch, Node};
+
+/// What a router serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routes {
+    /// Player traffic only: health, views, actions, the WebSocket.
+    Players,
+    /// Management only: modules, sessions, health.
+    Admin,
+    /// Both, on one address.
+    All,
+}
+
+#[derive(Clone)]
+struct App {
+    node: Arc<Node>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The router for `routes`. `shutdown` turning true closes every WebSocket
+/// with "going away" so clients reconnect elsewhere.
+pub fn router(node: Arc<Node>, routes: Routes, shutdown: watch::Receiver<bool>) -> Router {
+    let max_message = node.config.max_message_bytes;
+    let max_module = node.config.max_module_bytes;
+    let app = App { node, shutdown };
+    let health = Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz));
+    let players = Router::new()
+        .route("/v1/sessions/{id}/view", get(view))
+        .route("/v1/sessions/{id}/actions", post(act))
+        .route("/v1/sessions/{id}/play", get(play))
+        .layer(DefaultBodyLimit::max(max_message));
+    let admin = Router::new()
+        .route("/v1/modules", post(publish).get(list_modules))
+        .route("/v1/modules/{id}", get(get_module))
+        .layer(DefaultBodyLimit::max(max_module))
+        .merge(
+            Router::new()
+                .route("/v1/sessions", post(create_session).get(list_sessions))
+                .route("/v1/sessions/{id}", get(get_session))
+                .layer(DefaultBodyLimit::max(max_message)),
+        );
+    let router = match routes {
+        Routes::Players => health.merge(players),
+        Routes::Admin => health.merge(admin),
+        Routes::All => health.merge(players).merge(admin),
+    };
+    router.fallback(not_found).with_state(app)
+}
+
+async fn not_found() -> NodeError {
+    NodeError::NotFound("no such route; see PROTOCOL.md for the API".into())
+}
+
+async fn livez() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(app): State<App>) -> Response {
+    if app.node.is_ready() {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn operator(app: &App, headers: &HeaderMap) -> Result<(), NodeError> {
+    match bearer(headers) {
+        Some(token) if app.node.is_operator(token) => Ok(()),
+        Some(_) => Err(NodeError::Unauthorized(
+            "the operator token is wrong".into(),
+        )),
+        None => Err(NodeError::Unauthorized(
+            "management calls need `Authorization: Bearer <operator token>`".into(),
+        )),
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    (status, axum::Json(value)).into_response()
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, NodeError> {
+    serde_json::from_slice(body)
+        .map_err(|e| NodeError::BadRequest(format!("the request body is not valid: {e}")))
+}
+
+async fn publish(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, NodeError> {
+    operator(&app, &headers)?;
+    let (module, new) = app.node.publish(body.to_vec()).await?;
+    Ok(json(
+        if new {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        &module,
+    ))
+}
+
+async fn list_modules(State(app): State<App>) -> Response {
+    json(StatusCode::OK, &app.node.modules())
+}
+
+async fn get_module(State(app): State<App>, Path(id): Path<String>) -> Result<Response, NodeError> {
+    Ok(json(StatusCode::OK, &app.node.module(&id)?))
+}
+
+async fn create_session(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, NodeError> {
+    operator(&app, &headers)?;
+    let request: CreateSession = parse(&body)?;
+    Ok(json(
+        StatusCode::CREATED,
+        &app.node.create_session(request).await?,
+    ))
+}
+
+async fn list_sessions(State(app): State<App>, headers: HeaderMap) -> Result<Response, NodeError> {
+    operator(&app, &headers)?;
+    Ok(json(StatusCode::OK, &app.node.sessions().await))
+}
+
+async fn get_session(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, NodeError> {
+    operator(&app, &headers)?;
+    Ok(json(StatusCode::OK, &app.node.session(&id).await?))
+}
+
+/// The viewer a request speaks for: a player by token, else a spectator.
+fn viewer(app: &App, id: &str, headers: &HeaderMap) -> Result<(Viewer, Option<String>), NodeError> {
+    match bearer(headers) {
+        Some(token) => {
+            let player = app.node.authenticate(id, token)?;
+            Ok((Viewer::Player(player.clone()), Some(player)))
+        }
+        None => Ok((Viewer::Spectator, None)),
+    }
+}
+
+#[derive(Serialize)]
+struct ViewResponse {
+    position: Position,
+    status: &'static str,
+    result: Option<serde_json::Value>,
+    view: serde_json::Value,
+}
+
+async fn view(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, NodeError> {
+    let (viewer, _) = viewer(&app, &id, &headers)?;
+    let (position, view, status) = app.node.view(&id, viewer).await?;
+    let (status, result) = status_fields(&status);
+    Ok(json(
+        StatusCode::OK,
+        &ViewResponse {
+            position: Position {
+                epoch: 1,
+                seq: position,
+            },
+            status,
+            result,
+            view,
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActRequest {
+    /// The client's id for the action: a retry with the same id is applied once.
+    id: Option<String>,
+    action: serde_json::Value,
+}
+
+async fn act(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, NodeError> {
+    let (_, player) = viewer(&app, &id, &headers)?;
+    let player = player.ok_or_else(|| {
+        NodeError::Unauthorized("acting needs `Authorization: Bearer <player token>`".into())
+    })?;
+    let request: ActRequest = parse(&body)?;
+    let outcome = app
+        .node
+        .act(&id, &player, request.id, request.action.to_string())
+        .await?;
+    Ok(json(StatusCode::OK, &outcome))
+}
+
+fn status_fields(status: &wire::Status) -> (&'static str, Option<serde_json::Value>) {
+    match status {
+        wire::Status::Running => ("running", None),
+        wire::Status::Finished(json) => ("finished", serde_json::from_str(json).ok()),
+    }
+}
+
+// --- the player WebSocket ---------------------------------------------------
+
+/// A client's place in a session's event stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// Ownership epoch.
+    pub epoch: u64,
+    /// Journal position.
+    pub seq: u64,
+}
+
+/// What a client sends.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMessage {
+    /// First message: a player token, or none to watch as a spectator;
+    /// `after` the last position seen, to resume.
+    Join {
+        #[serde(default)]
+        token: Option<String>,
+        #[serde(default)]
+        after: Option<Position>,
+    },
+    /// An action, with the client's id for it.
+    Act {
+        id: String,
+        action: serde_json::Value,
+    },
+}
+
+/// What the node sends.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ServerMessage<'a> {
+    Joined {
+        player: Option<&'a str>,
+        position: Position,
+        status: &'static str,
+        result: Option<serde_json::Value>,
+        view: serde_json::Value,
+        /// Events after `after`, when resuming.
+        missed: Vec<EventsMessage>,
+        /// `after` was too old: the missed events are gone; the view is current.
+        resync: bool,
+    },
+    Events(EventsMessage),
+    Ack {
+        id: &'a str,
+        #[serde(flatten)]
+        outcome: ActOutcome,
+    },
+    Error {
+        id: Option<&'a str>,
+        code: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Serialize)]
+struct EventsMessage {
+    epoch: u64,
+    seq: u64,
+    events: Vec<serde_json::Value>,
+}
+
+/// The batch as `player` (or a spectator) may see it, if any of it.
+fn visible(batch: &EventBatch, player: Option<&str>) -> Option<EventsMessage> {
+    let events: Vec<serde_json::Value> = batch
+        .events
+        .iter()
+        .filter(|e| match (&e.audience, player) {
+            (wire::Audience::Everyone, _) => true,
+            (wire::Audience::Player(p), Some(me)) => p == me,
+            (wire::Audience::Player(_), None) => false,
+        })
+        .map(|e| serde_json::from_str(&e.body).unwrap_or(serde_json::Value::Null))
+        .collect();
+    (!events.is_empty()).then_some(EventsMessage {
+        epoch: 1,
+        seq: batch.seq,
+        events,
+    })
+}
+
+/// Close codes (4000-4999 are the application's).
+mod close {
+    pub(super) const GOING_AWAY: u16 = 1001;
+    pub(super) const BAD_MESSAGE: u16 = 4400;
+    pub(super) const BAD_TOKEN: u16 = 4401;
+    pub(super) const NO_SESSION: u16 = 4404;
+    pub(super) const TOO_SLOW: u16 = 4408;
+    pub(super) const FLOODING: u16 = 4429;
+}
+
+async fn play(State(app): State<App>, Path(id): Path<String>, ws: WebSocketUpgrade) -> Response {
+    let max = app.node.config.max_message_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| connection(app, id, socket))
+}
+
+async fn send(socket: &mut WebSocket, message: &ServerMessage<'_>) -> bool {
+    match serde_json::to_string(message) {
+        Ok(text) => socket
+            .send(Message::Text(Utf8Bytes::from(text)))
+            .await
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+async fn close_with(mut socket: WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason.to_owned()),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+/// A token bucket: `rate` actions per second, bursts of `rate`.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+    refusals: u32,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.refusals = 0;
+            true
+        } else {
+            self.refusals += 1;
+            false
+        }
+    }
+}
+
+async fn connection(app: App, id: String, mut socket: WebSocket) {
+    // The first message must be a join, soon.
+    let first = tokio::time::timeout(Duration::from_secs(10), socket.recv()).await;
+    let Ok(Some(Ok(Message::Text(text)))) = first else {
+        return close_with(socket, close::BAD_MESSAGE, "send a join message first").await;
+    };
+    let (token, after) = match serde_json::from_str::<ClientMessage>(&text) {
+        Ok(ClientMessage::Join { token, after }) => (token, after),
+        Ok(_) => return close_with(socket, close::BAD_MESSAGE, "send a join message first").await,
+        Err(e) => {
+            return close_with(
+                socket,
+                close::BAD_MESSAGE,
+                &format!("not a valid message: {e}"),
+            )
+            .await;
+        }
+    };
+    let (viewer, player) = match &token {
+        Some(token) => match app.node.authenticate(&id, token) {
+            Ok(player) => (Viewer::Player(player.clone()), Some(player)),
+            Err(NodeError::NotFound(m)) => return close_with(socket, close::NO_SESSION, &m).await,
+            Err(e) => return close_with(socket, close::BAD_TOKEN, &e.to_string()).await,
+        },
+        None => (Viewer::Spectator, None),
+    };
+    // Another epoch's positions mean nothing here: resync from the view.
+    let after_seq = after.filter(|p| p.epoch == 1).map(|p| p.seq);
+    let joined = match app.node.join(&id, viewer, after_seq).await {
+        Ok(joined) => joined,
+        Err(NodeError::NotFound(m)) => return close_with(socket, close::NO_SESSION, &m).await,
+        Err(e) => return close_with(socket, close::BAD_MESSAGE, &e.to_string()).await,
+    };
+    let me = player.as_deref();
+    let (status, result) = status_fields(&joined.status);
+    let missed = joined
+        .missed
+        .iter()
+        .flatten()
+        .filter_map(|b| visible(b, me))
+        .collect();
+    let hello = ServerMessage::Joined {
+        player: me,
+        position: Position {
+            epoch: 1,
+            seq: joined.position,
+        },
+        status,
+        result,
+        view: joined.view,
+        missed,
+        resync: after.is_some() && (joined.resync || after_seq.is_none()),
+    };
+    if !send(&mut socket, &hello).await {
+        return;
+    }
+    let mut events = joined.receiver;
+    let from = joined.position;
+    let mut bucket = Bucket {
+        rate: f64::from(app.node.config.actions_per_second.max(1)),
+        tokens: f64::from(app.node.config.actions_per_second.max(1)),
+        at: Instant::now(),
+        refusals: 0,
+    };
+    let mut shutdown = app.shutdown.clone();
+    loop {
+        tokio::select! {
+            incoming = socket.recv() => {
+                let text = match incoming {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Binary(_))) => {
+                        let error = ServerMessage::Error { id: None, code: "bad_message", message: "send JSON text messages".into() };
+                        if !send(&mut socket, &error).await { return; }
+                        continue;
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => continue,
+                };
+                let (client_id, action) = match serde_json::from_str::<ClientMessage>(&text) {
+                    Ok(ClientMessage::Act { id, action }) => (id, action),
+                    Ok(ClientMessage::Join { .. }) => {
+                        let error = ServerMessage::Error { id: None, code: "bad_message", message: "already joined".into() };
+                        if !send(&mut socket, &error).await { return; }
+                        continue;
+                    }
+                    Err(e) => {
+                        let error = ServerMessage::Error { id: None, code: "bad_message", message: format!("not a valid message: {e}") };
+                        if !send(&mut socket, &error).await { return; }
+                        continue;
+                    }
+                };
+                let Some(me) = me else {
+                    let error = ServerMessage::Error { id: Some(&client_id), code: "unauthorized", message: "spectators cannot act".into() };
+                    if !send(&mut socket, &error).await { return; }
+                    continue;
+                };
+                if !bucket.take() {
+                    if bucket.refusals > 5 * bucket.rate as u32 {
+                        return close_with(socket, close::FLOODING, "too many actions; slow down and reconnect").await;
+                    }
+                    let error = ServerMessage::Error {
+                        id: Some(&client_id),
+                        code: "rate_limited",
+                        message: format!("at most {} actions per second", bucket.rate),
+                    };
+                    if !send(&mut socket, &error).await { return; }
+                    continue;
+                }
+                let reply = match app.node.act(&id, me, Some(client_id.clone()), action.to_string()).await {
+                    Ok(outcome) => ServerMessage::Ack { id: &client_id, outcome },
+                    Err(e) => ServerMessage::Error { id: Some(&client_id), code: e.code(), message: e.to_string() },
+                };
+                if !send(&mut socket, &reply).await { return; }
+            }
+            batch = events.recv() => {
+                match batch {
+                    Ok(batch) if batch.seq >= from => {
+                        if let Some(message) = visible(&batch, me)
+                            && !send(&mut socket, &ServerMessage::Events(message)).await
+                        {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        return close_with(socket, close::TOO_SLOW, "you fell behind; reconnect with your last position").await;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+            _ = shutdown.changed() => {
+                return close_with(socket, close::GOING_AWAY, "the node is shutting down; reconnect with your last position").await;
+            }
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! A node's configuration: plain data with defaults that work on a laptop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use baton_runtime::Limits;
+use serde::{Deserialize, Serialize};
+
+/// Everything a node is told. Every field has a default, so a node runs
+/// with no configuration at all; `baton serve` fills it from a TOML file,
+/// `BATON_*` environment variables and flags, in that order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where players connect (HTTP + WebSocket).
+    pub listen: SocketAddr,
+    /// Where management calls go (publish modules, create and list
+    /// sessions, metrics); the player address if absent.
+    pub admin_listen: Option<SocketAddr>,
+    /// The node's data directory: its store and compiled-module cache.
+    pub data_dir: PathBuf,
+    /// The bearer token management calls need. If absent, a random one is
+    /// made at startup and written to `<data_dir>/operator-token`.
+    pub operator_token: Option<String>,
+    /// Publish the example games (minotaur, connect-four) at startup.
+    pub example_games: bool,
+    /// Sessions this node holds at most, live or hibernated.
+    pub max_sessions: usize,
+    /// Largest module upload, in bytes.
+    pub max_module_bytes: usize,
+    /// Largest WebSocket message or HTTP body from a client, in bytes.
+    pub max_message_bytes: usize,
+    /// Actions per second one connection may send (a burst of as many is allowed).
+    pub actions_per_second: u32,
+    /// Messages queued for one slow client before it is disconnected.
+    pub client_queue: usize,
+    /// A session idle this long is hibernated to its snapshot (ms).
+    pub hibernate_after_ms: u64,
+    /// Journal entries between background snapshots of a session.
+    pub snapshot_every: u64,
+    /// Event batches kept per session for clients that reconnect.
+    pub resume_window: usize,
+    /// Limits for new sessions (fuel, memory, output, backstop).
+    pub session_limits: Limits,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            admin_listen: None,
+            data_dir: PathBuf::from("baton-data"),
+            operator_token: None,
+            example_games: true,
+            max_sessions: 20_000,
+            max_module_bytes: 16 << 20,
+            max_message_bytes: 64 << 10,
+            actions_per_second: 20,
+            client_queue: 256,
+            hibernate_after_ms: 60_000,
+            snapshot_every: 64,
+            resume_window: 512,
+            session_limits: Limits::default(),
+        }
+    }
+}

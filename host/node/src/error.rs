@@ -1,0 +1,82 @@
+//! What can go wrong for a client, and how it is answered.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// An error a client gets, with the HTTP status it maps to.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Malformed input.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No or wrong credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// No such thing.
+    #[error("{0}")]
+    NotFound(String),
+    /// Conflicts with what exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// Too big.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Not a rule module Baton can run.
+    #[error("{0}")]
+    BadModule(String),
+    /// The rules refused (e.g. a start with bad options).
+    #[error("{0}")]
+    Refused(String),
+    /// The rules failed (trap, fuel, memory); the session is unchanged.
+    #[error("{0}")]
+    RulesFailed(String),
+    /// Try again later: full, shutting down, store trouble.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an environment failure.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl NodeError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            NodeError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            NodeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            NodeError::NotFound(_) => StatusCode::NOT_FOUND,
+            NodeError::Conflict(_) => StatusCode::CONFLICT,
+            NodeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            NodeError::BadModule(_) | NodeError::Refused(_) | NodeError::RulesFailed(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            NodeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            NodeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            NodeError::BadRequest(_) => "bad_request",
+            NodeError::Unauthorized(_) => "unauthorized",
+            NodeError::NotFound(_) => "not_found",
+            NodeError::Conflict(_) => "conflict",
+            NodeError::TooLarge(_) => "too_large",
+            NodeError::BadModule(_) => "bad_module",
+            NodeError::Refused(_) => "refused",
+            NodeError::RulesFailed(_) => "rules_failed",
+            NodeError::Unavailable(_) => "unavailable",
+            NodeError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for NodeError {
+    fn into_response(self) -> Response {
+        let body =
+            serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        (self.status(), axum::Json(body)).into_response()
+    }
+}

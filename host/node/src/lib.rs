@@ -1,0 +1,75 @@
+//! One Baton node: rule modules and live sessions, served to players over
+//! HTTP and WebSocket, every acknowledged action durable in the node's store.
+//!
+//! [`serve`] takes the listeners and a shutdown future (so tests bind port 0
+//! and stop it cleanly); `baton serve` wires it to config, signals and logs.
+//!
+//! # Layout
+//!
+//! - `config`: [`NodeConfig`], every field with a working default.
+//! - `node`: [`Node`], the core: modules, sessions, the durable call path
+//!   (apply under the session's lock, group-commit the journal entry, then
+//!   acknowledge and publish), recovery from snapshot + journal, ticks at the
+//!   time the rules asked, hibernation of idle sessions.
+//! - `api`: the HTTP routes and the player WebSocket; parses client input
+//!   once, at the edge.
+//! - `error`: [`NodeError`] and its HTTP mapping.
+//! - `tokens`: random tokens, stored hashed, compared in constant time.
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod api;
+mod config;
+mod error;
+mod node;
+mod tokens;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use api::{Position, Routes, router};
+pub use config::NodeConfig;
+pub use error::NodeError;
+pub use node::{ActOutcome, CreateSession, Created, ModuleSummary, Node, SessionSummary};
+
+/// Serves `node` on `players` (and management on `admin`, if given) until
+/// `shutdown` completes; then turns not-ready, closes WebSockets with
+/// "going away", finishes calls in flight and returns.
+pub async fn serve(
+    node: Arc<Node>,
+    players: tokio::net::TcpListener,
+    admin: Option<tokio::net::TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    node.start_background();
+    let stopping = {
+        let node = node.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing calls in flight");
+            node.shutdown().await;
+            let _ = stop_tx.send(true);
+        }
+    };
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let routes = if admin.is_some() {
+        Routes::Players
+    } else {
+        Routes::All
+    };
+    let player_server = axum::serve(players, router(node.clone(), routes, stop_rx.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    tokio::spawn(stopping);
+    match admin {
+        Some(admin) => {
+            let admin_server = axum::serve(admin, router(node, Routes::Admin, stop_rx.clone()))
+                .with_graceful_shutdown(stopped(stop_rx));
+            let (a, b) = tokio::join!(player_server, admin_server);
+            a.and(b)
+        }
+        None => player_server.await,
+    }
+}

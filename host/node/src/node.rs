@@ -1,0 +1,1112 @@
+//! The node's core: modules, sessions, the durable call path, recovery,
+//! ticks and hibernation. No HTTP here (see `api`).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use baton_runtime::{
+    Call, CallError, JournalEntry, Reply, RuleModule, Runtime, RuntimeConfig, Session,
+};
+use baton_sdk::wire::{self, Player, SetupArgs, Viewer};
+use baton_store::{GroupCommit, Published, RedbStore, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, Notify, broadcast, oneshot};
+
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::tokens;
+
+/// The events one journaled call produced: pushed to clients under the
+/// call's journal position, which is also how they resume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct EventBatch {
+    /// The journal position of the call.
+    pub seq: u64,
+    /// Its events, each with its audience.
+    pub events: Vec<wire::Event>,
+}
+
+/// A session as stored: everything needed to resume it besides its
+/// snapshot and journal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SessionRecord {
+    /// The session's id.
+    pub id: String,
+    /// `name@version` of its rules.
+    pub module: String,
+    /// The exact module, as a hex SHA-256.
+    pub module_hash: String,
+    /// Its players, with the hash of each one's token.
+    pub players: Vec<PlayerRecord>,
+    /// Options as given at creation (JSON).
+    pub options: String,
+    /// The session's seed.
+    pub seed: u64,
+    /// Its limits: every host enforces the same ones.
+    pub limits: baton_runtime::Limits,
+    /// When it was created (ms since the Unix epoch).
+    pub created_ms: u64,
+}
+
+/// A player of a stored session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PlayerRecord {
+    /// Id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// SHA-256 of the player's token, hex.
+    pub token_sha256: String,
+}
+
+/// A module as the node lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ModuleSummary {
+    /// `name@version`.
+    pub id: String,
+    /// Game name.
+    pub name: String,
+    /// Rules version.
+    pub version: String,
+    /// State schema.
+    pub state_schema: u32,
+    /// SHA-256 of the component, hex.
+    pub hash: String,
+    /// Component size in bytes.
+    pub size: usize,
+}
+
+/// What creating a session asks for.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// `name@version`, or a game name for its newest version.
+    pub module: String,
+    /// The players.
+    pub players: Vec<Player>,
+    /// Game options (any JSON); the game's defaults if absent.
+    #[serde(default)]
+    pub options: Option<serde_json::Value>,
+    /// The seed; random if absent.
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// A created session: its id and one secret token per player.
+#[derive(Clone, Debug, Serialize)]
+pub struct Created {
+    /// The session id.
+    pub id: String,
+    /// `name@version` it runs.
+    pub module: String,
+    /// Player id → token. Shown once; only hashes are kept.
+    pub tokens: BTreeMap<String, String>,
+}
+
+/// A session as the node lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionSummary {
+    /// Id.
+    pub id: String,
+    /// `name@version`.
+    pub module: String,
+    /// Player ids.
+    pub players: Vec<String>,
+    /// Journal entries applied.
+    pub position: u64,
+    /// `running` or `finished`.
+    pub status: &'static str,
+    /// The result, once finished.
+    pub result: Option<serde_json::Value>,
+    /// Whether an instance is live (else hibernated to its snapshot).
+    pub live: bool,
+    /// Ownership epoch (1 on a single node).
+    pub epoch: u64,
+}
+
+/// How an action ended, as told to the player who sent it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ActOutcome {
+    /// Applied, at journal position `seq`.
+    Accepted {
+        /// Position.
+        seq: u64,
+    },
+    /// Refused by the rules, at journal position `seq`.
+    Rejected {
+        /// Position.
+        seq: u64,
+        /// Why, for the player.
+        reason: String,
+    },
+}
+
+/// One session on this node.
+pub(crate) struct SessionCell {
+    pub(crate) record: SessionRecord,
+    module: Arc<RuleModule>,
+    state: Arc<Mutex<SessionState>>,
+    pub(crate) events: broadcast::Sender<Arc<EventBatch>>,
+    ticker: Notify,
+}
+
+struct SessionState {
+    /// `None` when hibernated: the store holds it.
+    live: Option<Session>,
+    position: u64,
+    /// Recent event batches, for clients that reconnect.
+    ring: VecDeque<Arc<EventBatch>>,
+    /// Every batch at or after this position is in `ring`.
+    ring_from: u64,
+    /// Recent client action ids and what came of them.
+    acts: HashMap<(String, String), ActOutcome>,
+    act_order: VecDeque<(String, String)>,
+    next_tick: Option<u64>,
+    status: wire::Status,
+    since_snapshot: u64,
+    last_used: Instant,
+}
+
+/// Client action ids remembered per session.
+const ACT_MEMORY: usize = 4096;
+
+/// The node: one runtime, one store, many sessions.
+pub struct Node {
+    pub(crate) config: NodeConfig,
+    runtime: Runtime,
+    store: Arc<dyn Store>,
+    journal: GroupCommit,
+    modules: RwLock<BTreeMap<String, Arc<RuleModule>>>,
+    sessions: RwLock<HashMap<String, Arc<SessionCell>>>,
+    operator_token_sha256: String,
+    shutting_down: AtomicBool,
+    /// Wakes background tasks at shutdown.
+    pub(crate) stop: Notify,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the Unix epoch: the session clock's source.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn module_id(module: &RuleModule) -> String {
+    module.name_version()
+}
+
+fn summary(module: &RuleModule) -> ModuleSummary {
+    let info = module.info();
+    ModuleSummary {
+        id: module_id(module),
+        name: info.name.clone(),
+        version: info.version.clone(),
+        state_schema: info.state_schema,
+        hash: module.hash().to_hex(),
+        size: module.report().size,
+    }
+}
+
+/// Orders `1.10.0` after `1.9.0`.
+fn version_key(version: &str) -> Vec<u64> {
+    version
+        .split(['-', '+'])
+        .next()
+        .unwrap_or("")
+        .split('.')
+        .map(|p| p.parse().unwrap_or(0))
+        .collect()
+}
+
+impl Node {
+    /// Opens the node's store in `config.data_dir`, loads its modules and
+    /// recovers every session in it.
+    pub fn open(config: NodeConfig) -> Result<Arc<Self>, NodeError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            NodeError::Internal(format!("creating {}: {e}", config.data_dir.display()))
+        })?;
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: Some(config.data_dir.join("module-cache")),
+            ..RuntimeConfig::default()
+        })
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("node.redb"))?);
+        let journal = GroupCommit::start(store.clone())?;
+        let token = match &config.operator_token {
+            Some(token) => token.clone(),
+            None => tokens::operator_token(&config.data_dir)?,
+        };
+        let node = Node {
+            operator_token_sha256: tokens::sha256_hex(&token),
+            config,
+            runtime,
+            store,
+            journal,
+            modules: RwLock::new(BTreeMap::new()),
+            sessions: RwLock::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+            stop: Notify::new(),
+        };
+        node.load_modules()?;
+        node.recover_sessions()?;
+        Ok(Arc::new(node))
+    }
+
+    fn load_modules(&self) -> Result<(), NodeError> {
+        for (name, hash) in self.store.modules()? {
+            let Some(bytes) = self.store.module_bytes(&hash)? else {
+                tracing::warn!(module = %name, "module bytes missing from the store; skipped");
+                continue;
+            };
+            match self.runtime.load(&bytes) {
+                Ok(module) => {
+                    self.modules_write().insert(name, module);
+                }
+                Err(e) => {
+                    tracing::error!(module = %name, error = %e, "stored module no longer loads")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn recover_sessions(&self) -> Result<(), NodeError> {
+        let mut recovered = 0usize;
+        for (id, bytes) in self.store.sessions()? {
+            let record: SessionRecord = match serde_json::from_slice(&bytes) {
+                Ok(record) => record,
+                Err(e) => {
+                    tracing::error!(session = %id, error = %e, "unreadable session record; skipped");
+                    continue;
+                }
+            };
+            let Some(module) = self.module_by_hash(&record.module_hash) else {
+                tracing::error!(session = %id, module = %record.module, "its module is not in the store; skipped");
+                continue;
+            };
+            let cell = self.cell(record, module);
+            // Wake it once to learn its clock and results, then let it sleep.
+            let mut state = cell.state.blocking_lock();
+            match self.wake(&cell, &mut state) {
+                Ok(()) if state.position == 0 => {
+                    // Created but never acknowledged: it does not exist.
+                    continue;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::error!(session = %id, error = %e, "could not recover; skipped");
+                    continue;
+                }
+            }
+            state.live = None;
+            drop(state);
+            self.sessions_write().insert(id, cell);
+            recovered += 1;
+        }
+        tracing::info!(sessions = recovered, "recovered sessions from the store");
+        Ok(())
+    }
+
+    fn cell(&self, record: SessionRecord, module: Arc<RuleModule>) -> Arc<SessionCell> {
+        let (events, _) = broadcast::channel(self.config.resume_window.max(16));
+        Arc::new(SessionCell {
+            record,
+            module,
+            state: Arc::new(Mutex::new(SessionState {
+                live: None,
+                position: 0,
+                ring: VecDeque::new(),
+                ring_from: 0,
+                acts: HashMap::new(),
+                act_order: VecDeque::new(),
+                next_tick: None,
+                status: wire::Status::Running,
+                since_snapshot: 0,
+                last_used: Instant::now(),
+            })),
+            events,
+            ticker: Notify::new(),
+        })
+    }
+
+    fn modules_write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<RuleModule>>> {
+        self.modules
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn modules_read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<RuleModule>>> {
+        self.modules
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn sessions_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<SessionCell>>> {
+        self.sessions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn sessions_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<SessionCell>>> {
+        self.sessions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn module_by_hash(&self, hex: &str) -> Option<Arc<RuleModule>> {
+        self.modules_read()
+            .values()
+            .find(|m| m.hash().to_hex() == hex)
+            .cloned()
+    }
+
+    /// Starts the background tasks: one ticker per session, the hibernation
+    /// sweeper. Call once, inside a tokio runtime.
+    pub fn start_background(self: &Arc<Self>) {
+        let cells: Vec<_> = self.sessions_read().values().cloned().collect();
+        for cell in cells {
+            self.spawn_ticker(cell);
+        }
+        let node = self.clone();
+        tokio::spawn(async move { node.sweep_idle().await });
+    }
+
+    /// Whether the operator token matches.
+    pub fn is_operator(&self, token: &str) -> bool {
+        tokens::constant_time_eq(&tokens::sha256_hex(token), &self.operator_token_sha256)
+    }
+
+    /// Ready for traffic: not shutting down.
+    pub fn is_ready(&self) -> bool {
+        !self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    // --- modules ---------------------------------------------------------
+
+    /// Publishes a rule component: checked, compiled, stored. The same bytes
+    /// again is fine; other bytes under a published `name@version` are not.
+    pub async fn publish(
+        self: &Arc<Self>,
+        bytes: Vec<u8>,
+    ) -> Result<(ModuleSummary, bool), NodeError> {
+        if bytes.len() > self.config.max_module_bytes {
+            return Err(NodeError::TooLarge(format!(
+                "the module is {} bytes; this node takes at most {}",
+                bytes.len(),
+                self.config.max_module_bytes
+            )));
+        }
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let module = node
+                .runtime
+                .load(&bytes)
+                .map_err(|e| NodeError::BadModule(e.to_string()))?;
+            let id = module_id(&module);
+            let published = node.store.publish_module(&id, &module.hash(), &bytes)?;
+            let module = node.modules_write().entry(id).or_insert(module).clone();
+            Ok((summary(&module), published == Published::New))
+        })
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?
+    }
+
+    /// Every published module.
+    pub fn modules(&self) -> Vec<ModuleSummary> {
+        self.modules_read().values().map(|m| summary(m)).collect()
+    }
+
+    /// One module, by `name@version`.
+    pub fn module(&self, id: &str) -> Result<ModuleSummary, NodeError> {
+        self.modules_read()
+            .get(id)
+            .map(|m| summary(m))
+            .ok_or_else(|| NodeError::NotFound(format!("no module {id} is published here")))
+    }
+
+    /// `name@version`, or the newest version of `name`.
+    fn resolve(&self, wanted: &str) -> Result<Arc<RuleModule>, NodeError> {
+        let modules = self.modules_read();
+        if let Some(module) = modules.get(wanted) {
+            return Ok(module.clone());
+        }
+        modules
+            .values()
+            .filter(|m| m.info().name == wanted)
+            .max_by_key(|m| version_key(&m.info().version))
+            .cloned()
+            .ok_or_else(|| NodeError::NotFound(format!("no module {wanted} is published here")))
+    }
+
+    // --- sessions --------------------------------------------------------
+
+    /// Creates and starts a session; returns its id and the players' tokens.
+    pub async fn create_session(
+        self: &Arc<Self>,
+        request: CreateSession,
+    ) -> Result<Created, NodeError> {
+        if !self.is_ready() {
+            return Err(NodeError::Unavailable("the node is shutting down".into()));
+        }
+        if self.sessions_read().len() >= self.config.max_sessions {
+            return Err(NodeError::Unavailable(format!(
+                "this node holds its maximum of {} sessions",
+                self.config.max_sessions
+            )));
+        }
+        let module = self.resolve(&request.module)?;
+        if request.players.is_empty() || request.players.len() > 64 {
+            return Err(NodeError::BadRequest(
+                "a session needs 1 to 64 players".into(),
+            ));
+        }
+        let id = tokens::random_hex(8)?;
+        let mut issued = BTreeMap::new();
+        let mut players = Vec::new();
+        for p in &request.players {
+            let token = tokens::random_hex(24)?;
+            players.push(PlayerRecord {
+                id: p.id.clone(),
+                name: p.name.clone(),
+                token_sha256: tokens::sha256_hex(&token),
+            });
+            issued.insert(p.id.clone(), token);
+        }
+        let record = SessionRecord {
+            id: id.clone(),
+            module: module_id(&module),
+            module_hash: module.hash().to_hex(),
+            players,
+            options: request.options.map(|o| o.to_string()).unwrap_or_default(),
+            seed: match request.seed {
+                Some(seed) => seed,
+                None => u64::from_str_radix(&tokens::random_hex(8)?, 16).unwrap_or(0),
+            },
+            limits: self.config.session_limits.clone(),
+            created_ms: now_ms(),
+        };
+        let setup = SetupArgs {
+            session_id: id.clone(),
+            players: request.players,
+            options: record.options.clone(),
+            seed: record.seed,
+            now: now_ms(),
+        };
+        let cell = self.cell(record.clone(), module);
+        let state = cell.state.clone().lock_owned().await;
+        // Run the start before anything is stored: a refused start leaves no trace.
+        let node = self.clone();
+        let cell_for_start = cell.clone();
+        let (mut state, applied) = tokio::task::spawn_blocking(move || {
+            let mut state = state;
+            let result = (|| {
+                let session = Session::new(
+                    cell_for_start.module.clone(),
+                    cell_for_start.record.limits.clone(),
+                )
+                .map_err(NodeError::from_call)?;
+                state.live = Some(session);
+                let applied = node.apply(
+                    &cell_for_start,
+                    &mut state,
+                    Call::Start(setup.clone()),
+                    setup.now,
+                )?;
+                if let Reply::Outcome(Err(refusal)) = &applied.reply {
+                    return Err(NodeError::Refused(refusal.reason.clone()));
+                }
+                let bytes = serde_json::to_vec(&cell_for_start.record)
+                    .map_err(|e| NodeError::Internal(e.to_string()))?;
+                node.store.put_session(&cell_for_start.record.id, &bytes)?;
+                Ok(applied)
+            })();
+            (state, result)
+        })
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let applied = applied?;
+        self.make_durable(&cell, &mut state, applied).await?;
+        drop(state);
+        self.sessions_write().insert(id.clone(), cell.clone());
+        self.spawn_ticker(cell);
+        Ok(Created {
+            id,
+            module: record.module,
+            tokens: issued,
+        })
+    }
+
+    fn cell_by_id(&self, id: &str) -> Result<Arc<SessionCell>, NodeError> {
+        self.sessions_read()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| NodeError::NotFound(format!("no session {id} on this node")))
+    }
+
+    /// Every session.
+    pub async fn sessions(&self) -> Vec<SessionSummary> {
+        let cells: Vec<_> = self.sessions_read().values().cloned().collect();
+        let mut out = Vec::with_capacity(cells.len());
+        for cell in cells {
+            out.push(Self::session_summary(&cell).await);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// One session.
+    pub async fn session(&self, id: &str) -> Result<SessionSummary, NodeError> {
+        let cell = self.cell_by_id(id)?;
+        Ok(Self::session_summary(&cell).await)
+    }
+
+    async fn session_summary(cell: &SessionCell) -> SessionSummary {
+        let state = cell.state.lock().await;
+        let (status, result) = match &state.status {
+            wire::Status::Running => ("running", None),
+            wire::Status::Finished(json) => ("finished", serde_json::from_str(json).ok()),
+        };
+        SessionSummary {
+            id: cell.record.id.clone(),
+            module: cell.record.module.clone(),
+            players: cell.record.players.iter().map(|p| p.id.clone()).collect(),
+            position: state.position,
+            status,
+            result,
+            live: state.live.is_some(),
+            epoch: 1,
+        }
+    }
+
+    /// The player a token belongs to in session `id`.
+    pub fn authenticate(&self, id: &str, token: &str) -> Result<String, NodeError> {
+        let cell = self.cell_by_id(id)?;
+        let hash = tokens::sha256_hex(token);
+        cell.record
+            .players
+            .iter()
+            .find(|p| tokens::constant_time_eq(&p.token_sha256, &hash))
+            .map(|p| p.id.clone())
+            .ok_or(NodeError::Unauthorized(
+                "this token is not a player's of this session".into(),
+            ))
+    }
+
+    /// Applies `player`'s action; a retried `client_id` gets the first
+    /// answer again and is applied once.
+    pub async fn act(
+        self: &Arc<Self>,
+        id: &str,
+        player: &str,
+        client_id: Option<String>,
+        action: String,
+    ) -> Result<ActOutcome, NodeError> {
+        let cell = self.cell_by_id(id)?;
+        let mut state = cell.state.clone().lock_owned().await;
+        if let Some(client_id) = &client_id
+            && let Some(done) = state.acts.get(&(player.to_owned(), client_id.clone()))
+        {
+            return Ok(done.clone());
+        }
+        let call = Call::Act {
+            player: player.to_owned(),
+            action,
+            client_action_id: client_id,
+        };
+        let (state_back, applied) = self.apply_blocking(&cell, state, call).await?;
+        state = state_back;
+        let applied = applied?;
+        let outcome = act_outcome(&applied);
+        self.make_durable(&cell, &mut state, applied).await?;
+        Ok(outcome.unwrap_or(ActOutcome::Rejected {
+            seq: state.position.saturating_sub(1),
+            reason: "the rules gave no answer".into(),
+        }))
+    }
+
+    /// What `viewer` sees now, with the journal position it reflects.
+    pub async fn view(
+        self: &Arc<Self>,
+        id: &str,
+        viewer: Viewer,
+    ) -> Result<(u64, serde_json::Value, wire::Status), NodeError> {
+        let cell = self.cell_by_id(id)?;
+        let state = cell.state.clone().lock_owned().await;
+        let (state_back, applied) = self
+            .apply_blocking(&cell, state, Call::View(viewer))
+            .await?;
+        let mut state = state_back;
+        let applied = applied?;
+        let view = match &applied.reply {
+            Reply::View(Ok(json)) => serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+            Reply::View(Err(reason)) => return Err(NodeError::BadRequest(reason.clone())),
+            other => return Err(NodeError::Internal(format!("unexpected reply {other:?}"))),
+        };
+        self.make_durable(&cell, &mut state, applied).await?;
+        Ok((state.position, view, state.status.clone()))
+    }
+
+    /// Joins a session as `viewer`: under one lock, subscribes to its
+    /// events, collects the batches after `after` that the client missed
+    /// (`None` if some are no longer held: the client must resync from the
+    /// view), and renders the view. Every live event then has a position at
+    /// or after the one returned: no gap, no duplicate.
+    pub(crate) async fn join(
+        self: &Arc<Self>,
+        id: &str,
+        viewer: Viewer,
+        after: Option<u64>,
+    ) -> Result<Joined, NodeError> {
+        let cell = self.cell_by_id(id)?;
+        let state = cell.state.clone().lock_owned().await;
+        let receiver = cell.events.subscribe();
+        let missed = after.map(|after| {
+            (after.saturating_add(1) >= state.ring_from).then(|| {
+                state
+                    .ring
+                    .iter()
+                    .filter(|b| b.seq > after)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+        });
+        let (state_back, applied) = self
+            .apply_blocking(&cell, state, Call::View(viewer))
+            .await?;
+        let mut state = state_back;
+        let applied = applied?;
+        let view = match &applied.reply {
+            Reply::View(Ok(json)) => serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+            Reply::View(Err(reason)) => return Err(NodeError::BadRequest(reason.clone())),
+            other => return Err(NodeError::Internal(format!("unexpected reply {other:?}"))),
+        };
+        self.make_durable(&cell, &mut state, applied).await?;
+        let resync = matches!(missed, Some(None));
+        Ok(Joined {
+            receiver,
+            missed: missed.flatten(),
+            resync,
+            position: state.position,
+            view,
+            status: state.status.clone(),
+        })
+    }
+
+    /// Runs one call on a blocking thread with the session lock held.
+    async fn apply_blocking(
+        self: &Arc<Self>,
+        cell: &Arc<SessionCell>,
+        state: tokio::sync::OwnedMutexGuard<SessionState>,
+        call: Call,
+    ) -> Result<
+        (
+            tokio::sync::OwnedMutexGuard<SessionState>,
+            Result<Applied, NodeError>,
+        ),
+        NodeError,
+    > {
+        let node = self.clone();
+        let cell = cell.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut state = state;
+            let result = node
+                .wake(&cell, &mut state)
+                .and_then(|()| node.apply(&cell, &mut state, call, now_ms()));
+            (state, result)
+        })
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))
+    }
+
+    /// Makes sure the session is live: restores it from the store if not.
+    fn wake(&self, cell: &SessionCell, state: &mut SessionState) -> Result<(), NodeError> {
+        state.last_used = Instant::now();
+        if state.live.is_some() {
+            return Ok(());
+        }
+        let id = &cell.record.id;
+        let limits = cell.record.limits.clone();
+        let (mut session, from) = match self.store.snapshot(id)? {
+            Some((position, bytes)) => (
+                Session::restore(cell.module.clone(), limits, &bytes)
+                    .map_err(|e| NodeError::Internal(e.to_string()))?,
+                position,
+            ),
+            None => (
+                Session::new(cell.module.clone(), limits).map_err(NodeError::from_call)?,
+                0,
+            ),
+        };
+        if state.position < from {
+            // This process never saw what came before the snapshot (it just
+            // started): those events are gone.
+            state.ring.clear();
+            state.ring_from = from;
+        }
+        for (position, bytes) in self.store.journal(id, from)? {
+            let entry = JournalEntry::decode(&bytes).map_err(|e| {
+                NodeError::Internal(format!(
+                    "journal entry {position} of {id} is unreadable: {e}"
+                ))
+            })?;
+            let reply = session.replay(&entry).map_err(|e| {
+                NodeError::Internal(format!("replaying entry {position} of {id} failed: {e}"))
+            })?;
+            // Rebuild what the entry produced, if this process has not seen it.
+            if entry.position >= state.position {
+                Self::remember(&self.config, state, &entry, &reply);
+            }
+        }
+        state.position = session.position();
+        state.live = Some(session);
+        Ok(())
+    }
+
+    /// Applies `call` to a live session: the entry is queued for the
+    /// journal by [`Node::make_durable`].
+    fn apply(
+        &self,
+        _cell: &SessionCell,
+        state: &mut SessionState,
+        call: Call,
+        clock: u64,
+    ) -> Result<Applied, NodeError> {
+        let Some(session) = state.live.as_mut() else {
+            return Err(NodeError::Internal("the session is not live".into()));
+        };
+        let (reply, entry) = session.call(call, clock).map_err(NodeError::from_call)?;
+        let mut encoded = vec![(entry.position, entry.encode())];
+        Self::remember(&self.config, state, &entry, &reply);
+        // The contract reports the end of a game through `status` only.
+        if matches!(
+            reply,
+            Reply::Outcome(Ok(_)) | Reply::Ticked(_) | Reply::Loaded(Ok(_))
+        ) {
+            let session = state
+                .live
+                .as_mut()
+                .ok_or_else(|| NodeError::Internal("the session is not live".into()))?;
+            let (status, status_entry) = session
+                .call(Call::Status, clock)
+                .map_err(NodeError::from_call)?;
+            encoded.push((status_entry.position, status_entry.encode()));
+            Self::remember(&self.config, state, &status_entry, &status);
+        }
+        Ok(Applied {
+            entry,
+            reply,
+            encoded,
+        })
+    }
+
+    /// Updates the session's bookkeeping from a journaled call's reply.
+    fn remember(
+        config: &NodeConfig,
+        state: &mut SessionState,
+        entry: &JournalEntry,
+        reply: &Reply,
+    ) {
+        state.position = entry.position + 1;
+        state.since_snapshot += 1;
+        if let Some(next) = reply.next_tick() {
+            state.next_tick = next;
+        }
+        let events = match reply {
+            Reply::Outcome(Ok(o)) | Reply::Ticked(o) => o.events.clone(),
+            _ => Vec::new(),
+        };
+        if let Call::Act {
+            player,
+            client_action_id: Some(client_id),
+            ..
+        } = &entry.call
+        {
+            let outcome = match reply {
+                Reply::Outcome(Ok(_)) => ActOutcome::Accepted {
+                    seq: entry.position,
+                },
+                Reply::Outcome(Err(r)) => ActOutcome::Rejected {
+                    seq: entry.position,
+                    reason: r.reason.clone(),
+                },
+                _ => ActOutcome::Rejected {
+                    seq: entry.position,
+                    reason: "unexpected reply".into(),
+                },
+            };
+            let key = (player.clone(), client_id.clone());
+            state.acts.insert(key.clone(), outcome);
+            state.act_order.push_back(key);
+            while state.act_order.len() > ACT_MEMORY {
+                if let Some(old) = state.act_order.pop_front() {
+                    state.acts.remove(&old);
+                }
+            }
+        }
+        if let Reply::Status(status) = reply {
+            state.status = status.clone();
+        }
+        if !events.is_empty() {
+            state.ring.push_back(Arc::new(EventBatch {
+                seq: entry.position,
+                events,
+            }));
+            while state.ring.len() > config.resume_window {
+                if let Some(evicted) = state.ring.pop_front() {
+                    state.ring_from = evicted.seq + 1;
+                }
+            }
+        }
+    }
+
+    /// Queues the entry for the journal and waits until it is durable; then
+    /// publishes its events and, now and then, snapshots in the background.
+    async fn make_durable(
+        self: &Arc<Self>,
+        cell: &Arc<SessionCell>,
+        state: &mut SessionState,
+        applied: Applied,
+    ) -> Result<(), NodeError> {
+        // Entries commit in order, so the last one's ack covers them all.
+        let mut last = None;
+        for (position, bytes) in applied.encoded {
+            let (tx, rx) = oneshot::channel();
+            self.journal
+                .append(&cell.record.id, position, bytes, move |result| {
+                    let _ = tx.send(result);
+                });
+            last = Some(rx);
+        }
+        let durable = match last {
+            Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
+            None => Ok(()),
+        };
+        if let Err(e) = durable {
+            // The instance ran ahead of the journal: drop it, so the next
+            // call resumes from what is durable.
+            state.live = None;
+            state.position = applied.entry.position;
+            state.ring.retain(|b| b.seq < applied.entry.position);
+            return Err(NodeError::Unavailable(format!(
+                "the journal could not be written: {e}"
+            )));
+        }
+        if let Some(batch) = state
+            .ring
+            .back()
+            .filter(|b| b.seq == applied.entry.position)
+        {
+            let _ = cell.events.send(batch.clone());
+        }
+        if let Reply::Outcome(Ok(_)) | Reply::Ticked(_) = &applied.reply {
+            cell.ticker.notify_one();
+        }
+        if state.since_snapshot >= self.config.snapshot_every {
+            self.snapshot_in_background(cell, state);
+        }
+        Ok(())
+    }
+
+    /// Captures a checkpoint now (microseconds, under the lock) and encodes
+    /// and stores it on a blocking thread.
+    fn snapshot_in_background(self: &Arc<Self>, cell: &SessionCell, state: &mut SessionState) {
+        let Some(session) = state.live.as_mut() else {
+            return;
+        };
+        let image = match session.checkpoint_image() {
+            Ok(image) => image,
+            Err(e) => {
+                tracing::warn!(session = %cell.record.id, error = %e, "snapshot failed");
+                return;
+            }
+        };
+        state.since_snapshot = 0;
+        let node = self.clone();
+        let id = cell.record.id.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = node
+                .store
+                .put_snapshot(&id, image.position, &image.encode())
+            {
+                tracing::warn!(session = %id, error = %e, "storing a snapshot failed");
+            }
+        });
+    }
+
+    // --- ticks and hibernation -------------------------------------------
+
+    fn spawn_ticker(self: &Arc<Self>, cell: Arc<SessionCell>) {
+        let node = self.clone();
+        tokio::spawn(async move { node.run_ticker(cell).await });
+    }
+
+    /// Calls `tick` when the rules asked for it; waits for a change or the
+    /// deadline, never polls.
+    async fn run_ticker(self: Arc<Self>, cell: Arc<SessionCell>) {
+        loop {
+            if self.shutting_down.load(Ordering::Relaxed) {
+                return;
+            }
+            let due = cell.state.lock().await.next_tick;
+            let changed = cell.ticker.notified();
+            match due {
+                None => {
+                    tokio::select! {
+                        () = changed => continue,
+                        () = self.stop.notified() => return,
+                    }
+                }
+                Some(due) => {
+                    let wait = Duration::from_millis(due.saturating_sub(now_ms()));
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = changed => continue,
+                        () = self.stop.notified() => return,
+                    }
+                    if let Err(e) = self.tick(&cell).await {
+                        tracing::warn!(session = %cell.record.id, error = %e, "tick failed");
+                        // A broken tick must not spin: wait for a change.
+                        tokio::select! {
+                            () = cell.ticker.notified() => {}
+                            () = self.stop.notified() => return,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn tick(self: &Arc<Self>, cell: &Arc<SessionCell>) -> Result<(), NodeError> {
+        let state = cell.state.clone().lock_owned().await;
+        if state.next_tick.is_none_or(|due| due > now_ms()) {
+            return Ok(());
+        }
+        let (state_back, applied) = self.apply_blocking(cell, state, Call::Tick).await?;
+        let mut state = state_back;
+        let applied = applied?;
+        self.make_durable(cell, &mut state, applied).await
+    }
+
+    /// Hibernates sessions idle for `hibernate_after_ms`: snapshot, drop
+    /// the instance. They wake on their next call or tick.
+    async fn sweep_idle(self: Arc<Self>) {
+        let period = Duration::from_millis((self.config.hibernate_after_ms / 4).max(50));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                () = self.stop.notified() => return,
+            }
+            let idle = Duration::from_millis(self.config.hibernate_after_ms);
+            let cells: Vec<_> = self.sessions_read().values().cloned().collect();
+            for cell in cells {
+                let Ok(mut state) = cell.state.clone().try_lock_owned() else {
+                    continue;
+                };
+                if state.live.is_none() || state.last_used.elapsed() < idle {
+                    continue;
+                }
+                let node = self.clone();
+                let id = cell.record.id.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Some(session) = state.live.as_mut() {
+                        match session.checkpoint_image() {
+                            Ok(image) => match node.store.put_snapshot(&id, image.position, &image.encode()) {
+                                Ok(()) => {
+                                    state.live = None;
+                                    state.since_snapshot = 0;
+                                }
+                                Err(e) => tracing::warn!(session = %id, error = %e, "could not hibernate"),
+                            },
+                            Err(e) => tracing::warn!(session = %id, error = %e, "could not hibernate"),
+                        }
+                    }
+                })
+                .await;
+            }
+        }
+    }
+
+    /// Live and hibernated session counts.
+    pub async fn counts(&self) -> (usize, usize) {
+        let cells: Vec<_> = self.sessions_read().values().cloned().collect();
+        let mut live = 0;
+        for cell in &cells {
+            if cell.state.lock().await.live.is_some() {
+                live += 1;
+            }
+        }
+        (live, cells.len() - live)
+    }
+
+    /// Stops taking work, finishes calls in flight and flushes the journal.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        self.stop.notify_waiters();
+        // Taking every session's lock waits for the call it runs.
+        let cells: Vec<_> = self.sessions_read().values().cloned().collect();
+        for cell in cells {
+            let _ = cell.state.lock().await;
+        }
+    }
+}
+
+/// What a client gets when it joins a session.
+pub(crate) struct Joined {
+    pub(crate) receiver: broadcast::Receiver<Arc<EventBatch>>,
+    pub(crate) missed: Option<Vec<Arc<EventBatch>>>,
+    pub(crate) resync: bool,
+    pub(crate) position: u64,
+    pub(crate) view: serde_json::Value,
+    pub(crate) status: wire::Status,
+}
+
+/// A journaled call's result, waiting to be made durable: the call's
+/// entry, and a `status` entry after a call that may have ended the game.
+struct Applied {
+    entry: JournalEntry,
+    reply: Reply,
+    encoded: Vec<(u64, Vec<u8>)>,
+}
+
+fn act_outcome(applied: &Applied) -> Option<ActOutcome> {
+    match &applied.reply {
+        Reply::Outcome(Ok(_)) => Some(ActOutcome::Accepted {
+            seq: applied.entry.position,
+        }),
+        Reply::Outcome(Err(r)) => Some(ActOutcome::Rejected {
+            seq: applied.entry.position,
+            reason: r.reason.clone(),
+        }),
+        _ => None,
+    }
+}
+
+impl NodeError {
+    pub(crate) fn from_call(e: CallError) -> Self {
+        match e {
+            CallError::PoolExhausted => NodeError::Unavailable(e.to_string()),
+            other => NodeError::RulesFailed(other.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for NodeError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict { .. } => NodeError::Conflict(e.to_string()),
+            other => NodeError::Unavailable(other.to_string()),
+        }
+    }
+}
