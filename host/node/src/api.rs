@@ -59,6 +59,7 @@ pub fn router(node: Arc<Node>, routes: Routes, shutdown: watch::Receiver<bool>) 
             Router::new()
                 .route("/v1/sessions", post(create_session).get(list_sessions))
                 .route("/v1/sessions/{id}", get(get_session))
+                .route("/v1/sessions/{id}/export", get(export))
                 .layer(DefaultBodyLimit::max(max_message)),
         );
     let router = match routes {
@@ -149,7 +150,7 @@ async fn create_session(
     let request: CreateSession = parse(&body)?;
     Ok(json(
         StatusCode::CREATED,
-        &app.node.create_session(request).await?,
+        &noted(&app, app.node.create_session(request).await)?,
     ))
 }
 
@@ -165,6 +166,15 @@ async fn get_session(
 ) -> Result<Response, NodeError> {
     operator(&app, &headers)?;
     Ok(json(StatusCode::OK, &app.node.session(&id).await?))
+}
+
+async fn export(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, NodeError> {
+    operator(&app, &headers)?;
+    Ok(json(StatusCode::OK, &app.node.export(&id).await?))
 }
 
 /// The viewer a request speaks for: a player by token, else a spectator.
@@ -192,7 +202,7 @@ async fn view(
     Path(id): Path<String>,
 ) -> Result<Response, NodeError> {
     let (viewer, _) = viewer(&app, &id, &headers)?;
-    let (position, view, status) = app.node.view(&id, viewer).await?;
+    let (position, view, status) = noted(&app, app.node.view(&id, viewer).await)?;
     let (status, result) = status_fields(&status);
     Ok(json(
         StatusCode::OK,
@@ -216,6 +226,14 @@ struct ActRequest {
     action: serde_json::Value,
 }
 
+/// Passes `result` through, noting 503-class failures for `/readyz`.
+fn noted<T>(app: &App, result: Result<T, NodeError>) -> Result<T, NodeError> {
+    if let Err(e) = &result {
+        app.node.degraded(e);
+    }
+    result
+}
+
 async fn act(
     State(app): State<App>,
     headers: HeaderMap,
@@ -227,10 +245,12 @@ async fn act(
         NodeError::Unauthorized("acting needs `Authorization: Bearer <player token>`".into())
     })?;
     let request: ActRequest = parse(&body)?;
-    let outcome = app
-        .node
-        .act(&id, &player, request.id, request.action.to_string())
-        .await?;
+    let outcome = noted(
+        &app,
+        app.node
+            .act(&id, &player, request.id, request.action.to_string())
+            .await,
+    )?;
     Ok(json(StatusCode::OK, &outcome))
 }
 
@@ -493,7 +513,7 @@ async fn connection(app: App, id: String, mut socket: WebSocket) {
                     if !send(&mut socket, &error).await { return; }
                     continue;
                 }
-                let reply = match app.node.act(&id, me, Some(client_id.clone()), action.to_string()).await {
+                let reply = match noted(&app, app.node.act(&id, me, Some(client_id.clone()), action.to_string()).await) {
                     Ok(outcome) => ServerMessage::Ack { id: &client_id, outcome },
                     Err(e) => ServerMessage::Error { id: Some(&client_id), code: e.code(), message: e.to_string() },
                 };

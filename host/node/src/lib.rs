@@ -30,7 +30,10 @@ use std::sync::Arc;
 pub use api::{Position, Routes, router};
 pub use config::NodeConfig;
 pub use error::NodeError;
-pub use node::{ActOutcome, CreateSession, Created, ModuleSummary, Node, SessionSummary};
+pub use node::{
+    ActOutcome, CreateSession, Created, Export, ExportedEntry, ExportedSnapshot, ModuleSummary,
+    Node, SessionSummary,
+};
 
 /// Serves `node` on `players` (and management on `admin`, if given) until
 /// `shutdown` completes; then turns not-ready, closes WebSockets with

@@ -127,7 +127,7 @@ pub struct SessionSummary {
 }
 
 /// How an action ended, as told to the player who sent it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum ActOutcome {
     /// Applied, at journal position `seq`.
@@ -183,6 +183,9 @@ pub struct Node {
     sessions: RwLock<HashMap<String, Arc<SessionCell>>>,
     operator_token_sha256: String,
     shutting_down: AtomicBool,
+    /// Until when (ms since the epoch) the node reports not-ready after the
+    /// instance pool or the store failed.
+    degraded_until: std::sync::atomic::AtomicU64,
     /// Wakes background tasks at shutdown.
     pub(crate) stop: Notify,
 }
@@ -257,6 +260,7 @@ impl Node {
             modules: RwLock::new(BTreeMap::new()),
             sessions: RwLock::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
+            degraded_until: std::sync::atomic::AtomicU64::new(0),
             stop: Notify::new(),
         };
         node.load_modules()?;
@@ -388,9 +392,20 @@ impl Node {
         tokens::constant_time_eq(&tokens::sha256_hex(token), &self.operator_token_sha256)
     }
 
-    /// Ready for traffic: not shutting down.
+    /// Ready for traffic: not shutting down, and neither the instance pool
+    /// nor the store failed in the last few seconds.
     pub fn is_ready(&self) -> bool {
         !self.shutting_down.load(Ordering::Relaxed)
+            && now_ms() >= self.degraded_until.load(Ordering::Relaxed)
+    }
+
+    /// Notes a 503-class failure: `/readyz` fails for a while, so a load
+    /// balancer sends new players elsewhere.
+    pub(crate) fn degraded(&self, error: &NodeError) {
+        if matches!(error, NodeError::Unavailable(_)) {
+            self.degraded_until
+                .store(now_ms() + 5_000, Ordering::Relaxed);
+        }
     }
 
     // --- modules ---------------------------------------------------------
@@ -738,23 +753,35 @@ impl Node {
         }
         let id = &cell.record.id;
         let limits = cell.record.limits.clone();
-        let (mut session, from) = match self.store.snapshot(id)? {
-            Some((position, bytes)) => (
-                Session::restore(cell.module.clone(), limits, &bytes)
-                    .map_err(|e| NodeError::Internal(e.to_string()))?,
-                position,
-            ),
+        let stored = self.store.snapshot(id)?;
+        let (mut session, from) = match &stored {
+            Some((position, stored)) => {
+                let (meta, bytes) = open_snapshot(stored)?;
+                let session = Session::restore(cell.module.clone(), limits, bytes)
+                    .map_err(|e| NodeError::Internal(e.to_string()))?;
+                if state.position < *position {
+                    // This process never saw what came before the snapshot
+                    // (it just started): take the bookkeeping stored with
+                    // it; the events before it are gone.
+                    state.ring.clear();
+                    state.ring_from = *position;
+                    state.next_tick = meta.next_tick;
+                    if let Some(status) = meta.status {
+                        state.status = status;
+                    }
+                    for (player, client_id, outcome) in meta.acts {
+                        let key = (player, client_id);
+                        state.acts.insert(key.clone(), outcome);
+                        state.act_order.push_back(key);
+                    }
+                }
+                (session, *position)
+            }
             None => (
                 Session::new(cell.module.clone(), limits).map_err(NodeError::from_call)?,
                 0,
             ),
         };
-        if state.position < from {
-            // This process never saw what came before the snapshot (it just
-            // started): those events are gone.
-            state.ring.clear();
-            state.ring_from = from;
-        }
         for (position, bytes) in self.store.journal(id, from)? {
             let entry = JournalEntry::decode(&bytes).map_err(|e| {
                 NodeError::Internal(format!(
@@ -935,11 +962,12 @@ impl Node {
         state.since_snapshot = 0;
         let node = self.clone();
         let id = cell.record.id.clone();
+        // The bookkeeping as of the image's position, sealed with it.
+        let meta = seal_snapshot(state, &[]);
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = node
-                .store
-                .put_snapshot(&id, image.position, &image.encode())
-            {
+            let mut sealed = meta;
+            sealed.extend_from_slice(&image.encode());
+            if let Err(e) = node.store.put_snapshot(&id, image.position, &sealed) {
                 tracing::warn!(session = %id, error = %e, "storing a snapshot failed");
             }
         });
@@ -1022,20 +1050,74 @@ impl Node {
                 let _ = tokio::task::spawn_blocking(move || {
                     if let Some(session) = state.live.as_mut() {
                         match session.checkpoint_image() {
-                            Ok(image) => match node.store.put_snapshot(&id, image.position, &image.encode()) {
+                            Ok(image) => match node.store.put_snapshot(
+                                &id,
+                                image.position,
+                                &seal_snapshot(&state, &image.encode()),
+                            ) {
                                 Ok(()) => {
                                     state.live = None;
                                     state.since_snapshot = 0;
                                 }
-                                Err(e) => tracing::warn!(session = %id, error = %e, "could not hibernate"),
+                                Err(e) => {
+                                    tracing::warn!(session = %id, error = %e, "could not hibernate")
+                                }
                             },
-                            Err(e) => tracing::warn!(session = %id, error = %e, "could not hibernate"),
+                            Err(e) => {
+                                tracing::warn!(session = %id, error = %e, "could not hibernate")
+                            }
                         }
                     }
                 })
                 .await;
             }
         }
+    }
+
+    /// A session's durable history for an independent replay: its latest
+    /// snapshot, the journal after it, and the digest of its live state.
+    pub async fn export(self: &Arc<Self>, id: &str) -> Result<Export, NodeError> {
+        let cell = self.cell_by_id(id)?;
+        let state = cell.state.clone().lock_owned().await;
+        let node = self.clone();
+        let module_hash = cell.record.module_hash.clone();
+        let (_state, export) = tokio::task::spawn_blocking(move || {
+            let mut state = state;
+            let result = (|| {
+                node.wake(&cell, &mut state)?;
+                let session = state
+                    .live
+                    .as_mut()
+                    .ok_or_else(|| NodeError::Internal("not live".into()))?;
+                let digest = session.state_digest().map_err(NodeError::from_call)?;
+                let snapshot = node.store.snapshot(id_of(&cell))?;
+                let from = snapshot.as_ref().map_or(0, |(p, _)| *p);
+                let journal = node.store.journal(id_of(&cell), from)?;
+                Ok(Export {
+                    module_hash,
+                    position: state.position,
+                    digest: hex(&digest),
+                    snapshot: match &snapshot {
+                        Some((position, stored)) => Some(ExportedSnapshot {
+                            position: *position,
+                            bytes: hex(open_snapshot(stored)?.1),
+                        }),
+                        None => None,
+                    },
+                    journal: journal
+                        .into_iter()
+                        .map(|(position, bytes)| ExportedEntry {
+                            position,
+                            entry: hex(&bytes),
+                        })
+                        .collect(),
+                })
+            })();
+            (state, result)
+        })
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+        export
     }
 
     /// Live and hibernated session counts.
@@ -1060,6 +1142,98 @@ impl Node {
             let _ = cell.state.lock().await;
         }
     }
+}
+
+/// A session's durable history (see [`Node::export`]). Bytes are hex.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Export {
+    /// The module, as hex SHA-256.
+    pub module_hash: String,
+    /// Journal entries applied.
+    pub position: u64,
+    /// SHA-256 of the live session's memories and globals, hex.
+    pub digest: String,
+    /// The latest snapshot, if one was taken.
+    pub snapshot: Option<ExportedSnapshot>,
+    /// The journal entries after it.
+    pub journal: Vec<ExportedEntry>,
+}
+
+/// A snapshot in an [`Export`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExportedSnapshot {
+    /// The position it covers.
+    pub position: u64,
+    /// The encoded snapshot, hex.
+    pub bytes: String,
+}
+
+/// A journal entry in an [`Export`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExportedEntry {
+    /// Its position.
+    pub position: u64,
+    /// The encoded entry, hex.
+    pub entry: String,
+}
+
+/// What the node keeps with a snapshot besides the instance: enough to
+/// answer retried action ids, tick on time and report status after a restart.
+#[derive(Serialize, Deserialize, Default)]
+struct SnapshotMeta {
+    acts: Vec<(String, String, ActOutcome)>,
+    next_tick: Option<u64>,
+    status: Option<wire::Status>,
+}
+
+/// `[meta length u32 LE][meta JSON][snapshot]`: one value in the store, so
+/// the two can never disagree.
+fn seal_snapshot(state: &SessionState, snapshot: &[u8]) -> Vec<u8> {
+    let meta = SnapshotMeta {
+        acts: state
+            .act_order
+            .iter()
+            .filter_map(|k| {
+                state
+                    .acts
+                    .get(k)
+                    .map(|o| (k.0.clone(), k.1.clone(), o.clone()))
+            })
+            .collect(),
+        next_tick: state.next_tick,
+        status: Some(state.status.clone()),
+    };
+    let meta = serde_json::to_vec(&meta).unwrap_or_default();
+    let mut out = Vec::with_capacity(4 + meta.len() + snapshot.len());
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(snapshot);
+    out
+}
+
+fn open_snapshot(stored: &[u8]) -> Result<(SnapshotMeta, &[u8]), NodeError> {
+    let damaged = || NodeError::Internal("a stored snapshot is damaged".into());
+    let (len, rest) = stored.split_at_checked(4).ok_or_else(damaged)?;
+    let len = u32::from_le_bytes(len.try_into().map_err(|_| damaged())?) as usize;
+    let (meta, snapshot) = rest.split_at_checked(len).ok_or_else(|| {
+        NodeError::Internal(format!(
+            "a stored snapshot is damaged: {} bytes of bookkeeping announced, {} stored",
+            len,
+            rest.len()
+        ))
+    })?;
+    let meta = serde_json::from_slice(meta).map_err(|e| {
+        NodeError::Internal(format!("a stored snapshot's bookkeeping is damaged: {e}"))
+    })?;
+    Ok((meta, snapshot))
+}
+
+fn id_of(cell: &SessionCell) -> &str {
+    &cell.record.id
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What a client gets when it joins a session.
