@@ -26,6 +26,9 @@ pub struct NodeConfig {
     pub example_games: bool,
     /// Sessions this node holds at most, live or hibernated.
     pub max_sessions: usize,
+    /// Live instances at most (pool slots); idle sessions hibernate and
+    /// free theirs. When all are taken, calls needing one get a 503.
+    pub max_live_instances: u32,
     /// Largest module upload, in bytes.
     pub max_module_bytes: usize,
     /// Largest WebSocket message or HTTP body from a client, in bytes.
@@ -53,6 +56,7 @@ impl Default for NodeConfig {
             operator_token: None,
             example_games: true,
             max_sessions: 20_000,
+            max_live_instances: 2000,
             max_module_bytes: 16 << 20,
             max_message_bytes: 64 << 10,
             actions_per_second: 20,

@@ -242,6 +242,8 @@ impl Node {
         })?;
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: Some(config.data_dir.join("module-cache")),
+            // Loading a module also takes a slot, for a moment.
+            max_live_instances: config.max_live_instances,
             ..RuntimeConfig::default()
         })
         .map_err(|e| NodeError::Internal(e.to_string()))?;

@@ -160,3 +160,40 @@ fn wat_component() -> Vec<u8> {
     out.extend_from_slice(&import);
     out
 }
+
+#[test]
+fn a_full_pool_or_node_answers_503_and_a_full_pool_flips_readyz() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "max_live_instances = 2\nmax_sessions = 3\nhibernate_after_ms = 600000\n",
+    )
+    .unwrap();
+    let node = Node::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    node.minotaur(&["a", "b"]);
+    node.minotaur(&["a", "b"]);
+    // The pool holds two live instances: a third session cannot start.
+    let request = json!({"module": "minotaur", "players": [{"id": "a", "name": "A"}, {"id": "b", "name": "B"}]});
+    let (status, body) = node.admin("POST", "/v1/sessions", &request);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    let (status, _) = node.http("GET", "/readyz", None, b"");
+    assert_eq!(status, 503, "not ready while the pool is exhausted");
+    let (status, _) = node.http("GET", "/livez", None, b"");
+    assert_eq!(status, 200, "but alive");
+    node.kill();
+
+    // A node at its session limit refuses new sessions the same way.
+    std::fs::write(&config, "max_sessions = 2\n").unwrap();
+    let node = Node::start(dir.path(), &["--config", config.to_str().unwrap()]);
+    let (status, body) = node.admin("POST", "/v1/sessions", &request);
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum of 2 sessions"),
+        "{body}"
+    );
+}
