@@ -661,18 +661,33 @@ impl Node {
     ) -> Result<(u64, serde_json::Value, wire::Status), NodeError> {
         let cell = self.cell_by_id(id)?;
         let state = cell.state.clone().lock_owned().await;
-        let (state_back, applied) = self
-            .apply_blocking(&cell, state, Call::View(viewer))
-            .await?;
-        let mut state = state_back;
+        let (state, view) = self.render_view(&cell, state, viewer).await?;
+        Ok((state.position, view, state.status.clone()))
+    }
+
+    /// Runs a (journaled) `view` call with the session's lock held, and
+    /// hands the lock back with the view.
+    async fn render_view(
+        self: &Arc<Self>,
+        cell: &Arc<SessionCell>,
+        state: tokio::sync::OwnedMutexGuard<SessionState>,
+        viewer: Viewer,
+    ) -> Result<
+        (
+            tokio::sync::OwnedMutexGuard<SessionState>,
+            serde_json::Value,
+        ),
+        NodeError,
+    > {
+        let (mut state, applied) = self.apply_blocking(cell, state, Call::View(viewer)).await?;
         let applied = applied?;
         let view = match &applied.reply {
             Reply::View(Ok(json)) => serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
             Reply::View(Err(reason)) => return Err(NodeError::BadRequest(reason.clone())),
             other => return Err(NodeError::Internal(format!("unexpected reply {other:?}"))),
         };
-        self.make_durable(&cell, &mut state, applied).await?;
-        Ok((state.position, view, state.status.clone()))
+        self.make_durable(cell, &mut state, applied).await?;
+        Ok((state, view))
     }
 
     /// Joins a session as `viewer`: under one lock, subscribes to its
@@ -699,17 +714,7 @@ impl Node {
                     .collect::<Vec<_>>()
             })
         });
-        let (state_back, applied) = self
-            .apply_blocking(&cell, state, Call::View(viewer))
-            .await?;
-        let mut state = state_back;
-        let applied = applied?;
-        let view = match &applied.reply {
-            Reply::View(Ok(json)) => serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
-            Reply::View(Err(reason)) => return Err(NodeError::BadRequest(reason.clone())),
-            other => return Err(NodeError::Internal(format!("unexpected reply {other:?}"))),
-        };
-        self.make_durable(&cell, &mut state, applied).await?;
+        let (state, view) = self.render_view(&cell, state, viewer).await?;
         let resync = matches!(missed, Some(None));
         Ok(Joined {
             receiver,
