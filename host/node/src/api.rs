@@ -372,12 +372,27 @@ async fn send(socket: &mut WebSocket, message: &ServerMessage<'_>) -> bool {
     }
 }
 
+/// Closes with a code and reason, then completes the closing handshake:
+/// reads (and drops) what the client still sends until its Close, for at
+/// most two seconds. Dropping the socket with unread input would reset the
+/// connection, and a reset makes the client's OS discard what we sent it,
+/// the close reason included.
 async fn close_with(mut socket: WebSocket, code: u16, reason: &str) {
     let frame = CloseFrame {
         code,
         reason: Utf8Bytes::from(reason.to_owned()),
     };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let drain = async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
 /// A token bucket: `rate` actions per second, bursts of `rate`.
