@@ -1004,9 +1004,11 @@ impl Node {
                     }
                 }
                 Some(due) => {
-                    let wait = Duration::from_millis(due.saturating_sub(now_ms()));
+                    // A deadline on the session clock, mapped onto the runtime's clock.
+                    let deadline = tokio::time::Instant::now()
+                        + Duration::from_millis(due.saturating_sub(now_ms()));
                     tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
+                        () = tokio::time::sleep_until(deadline) => {}
                         () = changed => continue,
                         () = self.stop.notified() => return,
                     }
@@ -1037,10 +1039,13 @@ impl Node {
     /// Hibernates sessions idle for `hibernate_after_ms`: snapshot, drop
     /// the instance. They wake on their next call or tick.
     async fn sweep_idle(self: Arc<Self>) {
-        let period = Duration::from_millis((self.config.hibernate_after_ms / 4).max(50));
+        // Periodic by nature: the period is the point.
+        let mut every = tokio::time::interval(Duration::from_millis(
+            (self.config.hibernate_after_ms / 4).max(50),
+        ));
         loop {
             tokio::select! {
-                () = tokio::time::sleep(period) => {}
+                _ = every.tick() => {}
                 () = self.stop.notified() => return,
             }
             let idle = Duration::from_millis(self.config.hibernate_after_ms);
