@@ -6,8 +6,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod client;
 mod module_cmd;
 mod serve;
+mod session_cmd;
 
 /// Baton runs live game sessions as sandboxed Wasm instances that survive deploys.
 #[derive(Debug, Parser)]
@@ -15,15 +17,20 @@ mod serve;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    node: client::NodeArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node: players connect over WebSocket, operators over HTTP.
     Serve(serve::ServeArgs),
-    /// Build, inspect and check rule modules.
+    /// Build, inspect, check, publish and list rule modules.
     #[command(subcommand)]
     Module(ModuleCommand),
+    /// Create, list, show, view, play, watch and replay sessions on a node.
+    #[command(subcommand)]
+    Session(session_cmd::SessionCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,6 +54,13 @@ enum ModuleCommand {
         #[arg(long)]
         target_dir: Option<PathBuf>,
     },
+    /// Publish a component to a node (idempotent for the same bytes).
+    Publish {
+        /// The component file.
+        file: PathBuf,
+    },
+    /// List the modules published on a node.
+    List,
     /// Show a component's structure and whether Baton can run it.
     Inspect {
         /// The component file.
@@ -78,5 +92,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }) => module_cmd::build(&path, out, package, target_dir),
         Command::Module(ModuleCommand::Inspect { file, json }) => module_cmd::inspect(&file, json),
         Command::Serve(args) => serve::run(args),
+        Command::Module(ModuleCommand::Publish { file }) => {
+            session_cmd::publish(&client::Client::new(&cli.node), &file)
+        }
+        Command::Module(ModuleCommand::List) => {
+            session_cmd::list_modules(&client::Client::new(&cli.node))
+        }
+        Command::Session(command) => session_cmd::run(&client::Client::new(&cli.node), command),
     }
 }

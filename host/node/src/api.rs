@@ -54,6 +54,7 @@ pub fn router(node: Arc<Node>, routes: Routes, shutdown: watch::Receiver<bool>) 
     let admin = Router::new()
         .route("/v1/modules", post(publish).get(list_modules))
         .route("/v1/modules/{id}", get(get_module))
+        .route("/v1/modules/{id}/component", get(get_component))
         .layer(DefaultBodyLimit::max(max_module))
         .merge(
             Router::new()
@@ -139,6 +140,14 @@ async fn list_modules(State(app): State<App>) -> Response {
 
 async fn get_module(State(app): State<App>, Path(id): Path<String>) -> Result<Response, NodeError> {
     Ok(json(StatusCode::OK, &app.node.module(&id)?))
+}
+
+async fn get_component(
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Response, NodeError> {
+    let bytes = app.node.module_component(&id)?;
+    Ok(([(header::CONTENT_TYPE, "application/wasm")], bytes).into_response())
 }
 
 async fn create_session(
@@ -536,7 +545,7 @@ async fn connection(app: App, id: String, mut socket: WebSocket) {
             }
             batch = events.recv() => {
                 match batch {
-                    Ok(batch) if batch.seq >= from => {
+                    Ok(batch) if batch.seq > from => {
                         if let Some(message) = visible(&batch, me)
                             && !send(&mut socket, &ServerMessage::Events(message)).await
                         {

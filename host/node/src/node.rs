@@ -453,6 +453,18 @@ impl Node {
             .ok_or_else(|| NodeError::NotFound(format!("no module {id} is published here")))
     }
 
+    /// A module's component bytes, by `name@version`.
+    pub fn module_component(&self, id: &str) -> Result<Vec<u8>, NodeError> {
+        let hash = self
+            .modules_read()
+            .get(id)
+            .map(|m| m.hash())
+            .ok_or_else(|| NodeError::NotFound(format!("no module {id} is published here")))?;
+        self.store
+            .module_bytes(&hash)?
+            .ok_or_else(|| NodeError::Internal(format!("module {id} is missing from the store")))
+    }
+
     /// `name@version`, or the newest version of `name`.
     fn resolve(&self, wanted: &str) -> Result<Arc<RuleModule>, NodeError> {
         let modules = self.modules_read();
@@ -653,7 +665,7 @@ impl Node {
         }))
     }
 
-    /// What `viewer` sees now, with the journal position it reflects.
+    /// What `viewer` sees now, with the last journal position it reflects.
     pub async fn view(
         self: &Arc<Self>,
         id: &str,
@@ -662,7 +674,7 @@ impl Node {
         let cell = self.cell_by_id(id)?;
         let state = cell.state.clone().lock_owned().await;
         let (state, view) = self.render_view(&cell, state, viewer).await?;
-        Ok((state.position, view, state.status.clone()))
+        Ok((state.position.saturating_sub(1), view, state.status.clone()))
     }
 
     /// Runs a (journaled) `view` call with the session's lock held, and
@@ -720,7 +732,9 @@ impl Node {
             receiver,
             missed: missed.flatten(),
             resync,
-            position: state.position,
+            // The last position the view reflects (the view call itself):
+            // every later event has a greater one.
+            position: state.position.saturating_sub(1),
             view,
             status: state.status.clone(),
         })

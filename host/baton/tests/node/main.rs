@@ -3,6 +3,7 @@
 
 mod support;
 
+mod cli;
 mod edge;
 mod lifecycle;
 mod recovery;
