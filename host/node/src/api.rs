@@ -52,6 +52,7 @@ pub fn router(node: Arc<Node>, routes: Routes, shutdown: watch::Receiver<bool>) 
         .route("/v1/sessions/{id}/play", get(play))
         .layer(DefaultBodyLimit::max(max_message));
     let admin = Router::new()
+        .route("/metrics", get(metrics))
         .route("/v1/modules", post(publish).get(list_modules))
         .route("/v1/modules/{id}", get(get_module))
         .route("/v1/modules/{id}/component", get(get_component))
@@ -132,6 +133,14 @@ async fn publish(
         },
         &module,
     ))
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.node.metrics_text().await,
+    )
+        .into_response()
 }
 
 async fn list_modules(State(app): State<App>) -> Response {

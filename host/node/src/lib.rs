@@ -14,6 +14,7 @@
 //! - `api`: the HTTP routes and the player WebSocket; parses client input
 //!   once, at the edge.
 //! - `error`: [`NodeError`] and its HTTP mapping.
+//! - `metrics`: Prometheus counters and histograms per module version.
 //! - `tokens`: random tokens, stored hashed, compared in constant time.
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
@@ -21,6 +22,7 @@
 mod api;
 mod config;
 mod error;
+mod metrics;
 mod node;
 mod tokens;
 

@@ -188,6 +188,7 @@ pub struct Node {
     degraded_until: std::sync::atomic::AtomicU64,
     /// Wakes background tasks at shutdown.
     pub(crate) stop: Notify,
+    metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Node {
@@ -264,6 +265,7 @@ impl Node {
             shutting_down: AtomicBool::new(false),
             degraded_until: std::sync::atomic::AtomicU64::new(0),
             stop: Notify::new(),
+            metrics: crate::metrics::Metrics::default(),
         };
         node.load_modules()?;
         node.recover_sessions()?;
@@ -642,6 +644,7 @@ impl Node {
         client_id: Option<String>,
         action: String,
     ) -> Result<ActOutcome, NodeError> {
+        let started = Instant::now();
         let cell = self.cell_by_id(id)?;
         let mut state = cell.state.clone().lock_owned().await;
         if let Some(client_id) = &client_id
@@ -656,9 +659,19 @@ impl Node {
         };
         let (state_back, applied) = self.apply_blocking(&cell, state, call).await?;
         state = state_back;
-        let applied = applied?;
+        let applied = applied.inspect_err(|e| {
+            if matches!(e, NodeError::RulesFailed(_)) {
+                self.metrics.rules_failed(&cell.record.module);
+            }
+        })?;
         let outcome = act_outcome(&applied);
         self.make_durable(&cell, &mut state, applied).await?;
+        let result = match &outcome {
+            Some(ActOutcome::Accepted { .. }) => "accepted",
+            _ => "rejected",
+        };
+        self.metrics
+            .action(&cell.record.module, result, started.elapsed());
         Ok(outcome.unwrap_or(ActOutcome::Rejected {
             seq: state.position.saturating_sub(1),
             reason: "the rules gave no answer".into(),
@@ -928,6 +941,9 @@ impl Node {
         applied: Applied,
     ) -> Result<(), NodeError> {
         // Entries commit in order, so the last one's ack covers them all.
+        let queued = Instant::now();
+        let entries = applied.encoded.len() as u64;
+        let bytes: u64 = applied.encoded.iter().map(|(_, b)| b.len() as u64).sum();
         let mut last = None;
         for (position, bytes) in applied.encoded {
             let (tx, rx) = oneshot::channel();
@@ -941,6 +957,10 @@ impl Node {
             Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
             None => Ok(()),
         };
+        if durable.is_ok() {
+            self.metrics
+                .journaled(&cell.record.module, entries, bytes, queued.elapsed());
+        }
         if let Err(e) = durable {
             // The instance ran ahead of the journal: drop it, so the next
             // call resumes from what is durable.
@@ -985,11 +1005,15 @@ impl Node {
         let id = cell.record.id.clone();
         // The bookkeeping as of the image's position, sealed with it.
         let meta = seal_snapshot(state, &[]);
+        let module = cell.record.module.clone();
         tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let mut sealed = meta;
             sealed.extend_from_slice(&image.encode());
-            if let Err(e) = node.store.put_snapshot(&id, image.position, &sealed) {
-                tracing::warn!(session = %id, error = %e, "storing a snapshot failed");
+            let size = sealed.len() as u64;
+            match node.store.put_snapshot(&id, image.position, &sealed) {
+                Ok(()) => node.metrics.snapshot(&module, size, started.elapsed()),
+                Err(e) => tracing::warn!(session = %id, error = %e, "storing a snapshot failed"),
             }
         });
     }
@@ -1144,6 +1168,27 @@ impl Node {
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))?;
         export
+    }
+
+    /// The Prometheus exposition of this node's metrics.
+    pub async fn metrics_text(&self) -> String {
+        let cells: Vec<_> = self.sessions_read().values().cloned().collect();
+        let mut counts = crate::metrics::SessionCounts {
+            by_module: BTreeMap::new(),
+        };
+        for cell in cells {
+            let live = cell.state.lock().await.live.is_some();
+            let entry = counts
+                .by_module
+                .entry(cell.record.module.clone())
+                .or_default();
+            if live {
+                entry.0 += 1;
+            } else {
+                entry.1 += 1;
+            }
+        }
+        self.metrics.render(&counts, self.is_ready())
     }
 
     /// Live and hibernated session counts.

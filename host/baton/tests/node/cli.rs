@@ -88,6 +88,23 @@ fn a_game_from_the_command_line_and_a_local_replay_of_it() {
     assert_eq!(view["view"]["players"][1]["hp"], 2);
     assert!(ok(&baton(&node, &["session", "list"])).contains(id));
 
+    // Operators see it in the metrics: per module version, never per session.
+    let (status, metrics) = node.http("GET", "/metrics", None, b"");
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().unwrap().to_owned();
+    for line in [
+        "baton_build_info{version=\"0.1.0\"} 1",
+        "baton_ready 1",
+        "baton_sessions{module=\"minotaur@1.0.0\",state=\"live\"} 1",
+        "baton_actions_total{module=\"minotaur@1.0.0\",result=\"accepted\"} 2",
+        "baton_actions_total{module=\"minotaur@1.0.0\",result=\"rejected\"} 1",
+        "baton_action_seconds_count{module=\"minotaur@1.0.0\"} 3",
+        "# TYPE baton_journal_bytes_total counter",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    assert!(!metrics.contains(id), "no per-session labels");
+
     let replayed = ok(&baton(&node, &["session", "replay", id, "--steps"]));
     assert!(replayed.contains("act ann"), "{replayed}");
     assert!(
