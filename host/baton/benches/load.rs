@@ -1,0 +1,230 @@
+//! Load benchmark: `cargo bench -p baton --bench load [-- SESSIONS SECONDS]`.
+//!
+//! Starts a real `baton serve` (release build, fsync on) on loopback, opens
+//! two WebSocket players per minotaur session, and has every player act as
+//! soon as its previous action is acknowledged (moves, so rounds keep
+//! resolving). Prints acknowledged actions per second, round-trip p50/p99,
+//! the load generator's own CPU, the node's resident memory per live
+//! session, and then per hibernated session.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+fn http(addr: SocketAddr, method: &str, path: &str, token: &str, body: &str) -> Value {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("");
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_owned)
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds of this process.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let sessions: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let hibernated: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+
+    let dir = tempfile::tempdir_in(
+        std::env::var_os("CARGO_TARGET_TMPDIR").unwrap_or_else(|| "/tmp".into()),
+    )
+    .expect("dir");
+    std::fs::write(
+        dir.path().join("node.toml"),
+        format!(
+            "max_sessions = {}\nmax_live_instances = {}\nhibernate_after_ms = 3000\nactions_per_second = 1000\n",
+            sessions + hibernated + 10,
+            sessions + 100
+        ),
+    )
+    .expect("config");
+    let mut node = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(dir.path().join("node.toml"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("baton serve");
+    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let addr: SocketAddr = loop {
+        let line = lines.next().expect("ready line").expect("utf-8");
+        if let Some(rest) = line.strip_prefix("baton node ready: players http://") {
+            break rest
+                .split_whitespace()
+                .next()
+                .expect("addr")
+                .parse()
+                .expect("addr");
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let token = std::fs::read_to_string(dir.path().join("data/operator-token")).expect("token");
+    let token = token.trim().to_owned();
+    let idle_rss = rss_kib(node.id());
+
+    println!(
+        "load benchmark: {sessions} minotaur sessions, 2 WebSocket players each, {seconds} s, fsync on"
+    );
+    let mut players = Vec::new();
+    for _ in 0..sessions {
+        let request = json!({
+            "module": "minotaur",
+            "players": [{"id": "a", "name": "A"}, {"id": "b", "name": "B"}],
+            "options": {"radius": 4, "hit_points": 99, "max_rounds": 1000000, "round_ms": 600000,
+                        "positions": [{"q": -2, "r": 0}, {"q": 2, "r": 0}]},
+        });
+        let created = http(addr, "POST", "/v1/sessions", &token, &request.to_string());
+        let id = created["id"].as_str().expect("created").to_owned();
+        for (player, step) in [("a", 1), ("b", -1)] {
+            players.push((
+                id.clone(),
+                created["tokens"][player]
+                    .as_str()
+                    .expect("token")
+                    .to_owned(),
+                step,
+            ));
+        }
+    }
+    let live_rss = rss_kib(node.id());
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let results = runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for (id, token, step) in players {
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let url = format!("ws://{addr}/v1/sessions/{id}/play");
+                let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws");
+                ws.send(Message::Text(json!({"type": "join", "token": token}).to_string().into())).await.expect("join");
+                let mut rtts = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // Out and back, so both players stay on the board.
+                    let dq = if n.is_multiple_of(2) { step } else { -step };
+                    let action = json!({"type": "act", "id": format!("{n}"), "action": {"type": "move", "dq": dq, "dr": 0}});
+                    let sent = Instant::now();
+                    if ws.send(Message::Text(action.to_string().into())).await.is_err() {
+                        break;
+                    }
+                    loop {
+                        match ws.next().await {
+                            Some(Ok(Message::Text(text))) if text.contains("\"ack\"") || text.contains("\"error\"") => break,
+                            Some(Ok(_)) => continue,
+                            _ => return rtts,
+                        }
+                    }
+                    rtts.push(sent.elapsed());
+                    n += 1;
+                }
+                rtts
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap_or_default());
+        }
+        all
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
+    let mut rtts = results;
+    rtts.sort_unstable();
+    let pct = |q: f64| {
+        rtts.get(((rtts.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "  acknowledged actions      {:>9.0} /s   ({} in {elapsed:.1} s)",
+        rtts.len() as f64 / elapsed,
+        rtts.len()
+    );
+    println!(
+        "  round trip                p50 {:>7.2} ms   p99 {:>7.2} ms",
+        pct(0.5).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3
+    );
+    println!("  load generator CPU        {:>9.2} cores", cpu / elapsed);
+    println!(
+        "  node RSS                  {:>9} MiB idle, {} MiB with {sessions} live sessions: {:.0} KiB per live session",
+        idle_rss / 1024,
+        live_rss / 1024,
+        (live_rss.saturating_sub(idle_rss)) as f64 / sessions as f64
+    );
+
+    // Density: many more sessions than instances, hibernated to snapshots.
+    let before = rss_kib(node.id());
+    for _ in 0..hibernated {
+        let request = json!({"module": "minotaur", "players": [{"id": "a", "name": "A"}, {"id": "b", "name": "B"}],
+                             "options": {"round_ms": 600000}});
+        http(addr, "POST", "/v1/sessions", &token, &request.to_string());
+    }
+    // Idle sessions hibernate after 3 s (the sweeper runs every 0.75 s).
+    std::thread::sleep(Duration::from_secs(6));
+    let listed = http(addr, "GET", "/v1/sessions", &token, "");
+    let asleep = listed
+        .as_array()
+        .map_or(0, |a| a.iter().filter(|s| s["live"] == false).count());
+    let after = rss_kib(node.id());
+    println!(
+        "  +{hibernated} sessions, {asleep} of all hibernated: node RSS {} MiB, {:.1} KiB per added session",
+        after / 1024,
+        (after.saturating_sub(before)) as f64 / hibernated as f64
+    );
+    let _ = node.kill();
+    let _ = node.wait();
+}
