@@ -549,12 +549,7 @@ impl Node {
                 )
                 .map_err(NodeError::from_call)?;
                 state.live = Some(session);
-                let applied = node.apply(
-                    &cell_for_start,
-                    &mut state,
-                    Call::Start(setup.clone()),
-                    setup.now,
-                )?;
+                let applied = node.apply(&mut state, Call::Start(setup.clone()), setup.now)?;
                 if let Reply::Outcome(Err(refusal)) = &applied.reply {
                     return Err(NodeError::Refused(refusal.reason.clone()));
                 }
@@ -772,7 +767,7 @@ impl Node {
             let mut state = state;
             let result = node
                 .wake(&cell, &mut state)
-                .and_then(|()| node.apply(&cell, &mut state, call, now_ms()));
+                .and_then(|()| node.apply(&mut state, call, now_ms()));
             (state, result)
         })
         .await
@@ -839,7 +834,6 @@ impl Node {
     /// journal by [`Node::make_durable`].
     fn apply(
         &self,
-        _cell: &SessionCell,
         state: &mut SessionState,
         call: Call,
         clock: u64,
