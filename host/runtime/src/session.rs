@@ -850,10 +850,7 @@ impl Session {
     /// Takes a full snapshot, encodes it, and makes it the point failed
     /// calls roll back to (dropping the journal kept since the last one).
     pub fn checkpoint(&mut self) -> Result<Arc<Vec<u8>>, CallError> {
-        let encoded = Arc::new(self.snapshot()?.encode());
-        self.checkpoint = Checkpoint::Encoded(encoded.clone());
-        self.since_checkpoint.clear();
-        Ok(encoded)
+        Ok(Arc::new(self.checkpoint_image()?.encode()))
     }
 
     /// Like [`Session::checkpoint`] but without encoding: the image becomes
