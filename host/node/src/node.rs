@@ -984,32 +984,54 @@ impl Node {
     /// Captures a checkpoint now (microseconds, under the lock) and encodes
     /// and stores it on a blocking thread.
     fn snapshot_in_background(self: &Arc<Self>, cell: &SessionCell, state: &mut SessionState) {
-        let Some(session) = state.live.as_mut() else {
+        let Some(pending) = Self::capture_snapshot(cell, state) else {
             return;
         };
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = node.store_snapshot(pending);
+        });
+    }
+
+    /// Makes the live session's current state its rollback checkpoint and
+    /// returns it with the node's bookkeeping as of the same position.
+    fn capture_snapshot(cell: &SessionCell, state: &mut SessionState) -> Option<PendingSnapshot> {
+        let session = state.live.as_mut()?;
         let image = match session.checkpoint_image() {
             Ok(image) => image,
             Err(e) => {
                 tracing::warn!(session = %cell.record.id, error = %e, "snapshot failed");
-                return;
+                return None;
             }
         };
         state.since_snapshot = 0;
-        let node = self.clone();
-        let id = cell.record.id.clone();
-        // The bookkeeping as of the image's position, sealed with it.
-        let meta = seal_snapshot(state, &[]);
-        let module = cell.record.module.clone();
-        tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let mut sealed = meta;
-            sealed.extend_from_slice(&image.encode());
-            let size = sealed.len() as u64;
-            match node.store.put_snapshot(&id, image.position, &sealed) {
-                Ok(()) => node.metrics.snapshot(&module, size, started.elapsed()),
-                Err(e) => tracing::warn!(session = %id, error = %e, "storing a snapshot failed"),
+        Some(PendingSnapshot {
+            id: cell.record.id.clone(),
+            module: cell.record.module.clone(),
+            meta: seal_snapshot(state, &[]),
+            image,
+        })
+    }
+
+    /// Encodes and stores a captured snapshot (blocking). True once durable.
+    fn store_snapshot(&self, pending: PendingSnapshot) -> bool {
+        let started = Instant::now();
+        let mut sealed = pending.meta;
+        sealed.extend_from_slice(&pending.image.encode());
+        match self
+            .store
+            .put_snapshot(&pending.id, pending.image.position, &sealed)
+        {
+            Ok(()) => {
+                self.metrics
+                    .snapshot(&pending.module, sealed.len() as u64, started.elapsed());
+                true
             }
-        });
+            Err(e) => {
+                tracing::warn!(session = %pending.id, error = %e, "storing a snapshot failed");
+                false
+            }
+        }
     }
 
     // --- ticks and hibernation -------------------------------------------
@@ -1089,28 +1111,14 @@ impl Node {
                 if state.live.is_none() || state.last_used.elapsed() < idle {
                     continue;
                 }
+                let Some(pending) = Self::capture_snapshot(&cell, &mut state) else {
+                    continue;
+                };
                 let node = self.clone();
-                let id = cell.record.id.clone();
                 let _ = tokio::task::spawn_blocking(move || {
-                    if let Some(session) = state.live.as_mut() {
-                        match session.checkpoint_image() {
-                            Ok(image) => match node.store.put_snapshot(
-                                &id,
-                                image.position,
-                                &seal_snapshot(&state, &image.encode()),
-                            ) {
-                                Ok(()) => {
-                                    state.live = None;
-                                    state.since_snapshot = 0;
-                                }
-                                Err(e) => {
-                                    tracing::warn!(session = %id, error = %e, "could not hibernate")
-                                }
-                            },
-                            Err(e) => {
-                                tracing::warn!(session = %id, error = %e, "could not hibernate")
-                            }
-                        }
+                    // Only a durable snapshot lets the instance go.
+                    if node.store_snapshot(pending) {
+                        state.live = None;
                     }
                 })
                 .await;
@@ -1140,11 +1148,11 @@ impl Node {
                 Ok(Export {
                     module_hash,
                     position: state.position,
-                    digest: hex(&digest),
+                    digest: tokens::hex(&digest),
                     snapshot: match &snapshot {
                         Some((position, stored)) => Some(ExportedSnapshot {
                             position: *position,
-                            bytes: hex(open_snapshot(stored)?.1),
+                            bytes: tokens::hex(open_snapshot(stored)?.1),
                         }),
                         None => None,
                     },
@@ -1152,7 +1160,7 @@ impl Node {
                         .into_iter()
                         .map(|(position, bytes)| ExportedEntry {
                             position,
-                            entry: hex(&bytes),
+                            entry: tokens::hex(&bytes),
                         })
                         .collect(),
                 })
@@ -1183,18 +1191,6 @@ impl Node {
             }
         }
         self.metrics.render(&counts, self.is_ready())
-    }
-
-    /// Live and hibernated session counts.
-    pub async fn counts(&self) -> (usize, usize) {
-        let cells: Vec<_> = self.sessions_read().values().cloned().collect();
-        let mut live = 0;
-        for cell in &cells {
-            if cell.state.lock().await.live.is_some() {
-                live += 1;
-            }
-        }
-        (live, cells.len() - live)
     }
 
     /// Stops taking work, finishes calls in flight and flushes the journal.
@@ -1297,8 +1293,14 @@ fn id_of(cell: &SessionCell) -> &str {
     &cell.record.id
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// A snapshot captured under a session's lock, waiting to be encoded and
+/// stored off it.
+struct PendingSnapshot {
+    id: String,
+    module: String,
+    /// The node's bookkeeping, sealed as of the image's position.
+    meta: Vec<u8>,
+    image: Arc<baton_runtime::Image>,
 }
 
 /// What a client gets when it joins a session.
