@@ -97,6 +97,7 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     };
     let data_dir = config.data_dir.clone();
     let example_games = config.example_games;
+    let operator_token = config.operator_token.clone();
     let opened = tokio::task::spawn_blocking(move || Node::open(config)).await?;
     let node = opened.context("could not open the node")?;
     let mut published = Vec::new();
@@ -124,9 +125,32 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     if !published.is_empty() {
         println!("  example games: {}", published.join(", "));
     }
+    let token = operator_token.or_else(|| {
+        std::fs::read_to_string(data_dir.join("operator-token"))
+            .ok()
+            .map(|t| t.trim().to_owned())
+    });
+    println!(
+        "  play in a browser: {}",
+        lobby_link(token.as_deref(), players_addr, admin.is_none())
+    );
     baton_node::serve(node, players, admin, shutdown_signal()).await?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The lobby's address. On loopback with management on the same address, the
+/// link carries the operator token in its fragment (never sent over the
+/// network, like a notebook server's login link) so that the page can create
+/// games; anywhere else the page asks for the token.
+fn lobby_link(token: Option<&str>, players: SocketAddr, management_here: bool) -> String {
+    let base = format!("http://{players}/");
+    match token {
+        Some(token) if management_here && players.ip().is_loopback() => {
+            format!("{base}#operator={token}")
+        }
+        _ => base,
+    }
 }
 
 /// SIGTERM (a deploy) or SIGINT (Ctrl-C).

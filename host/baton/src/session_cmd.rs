@@ -74,6 +74,25 @@ pub(crate) enum SessionCommand {
     },
 }
 
+/// Browser links for a created session: one per player (the token rides in
+/// the fragment, which browsers never send to a server) and one to watch.
+fn play_links(base: &str, created: &Value) -> Value {
+    let id = created["id"].as_str().unwrap_or_default();
+    let mut links = serde_json::Map::new();
+    for (player, token) in created["tokens"].as_object().into_iter().flatten() {
+        let token = token.as_str().unwrap_or_default();
+        links.insert(
+            player.clone(),
+            json!(format!("{base}/play#session={id}&token={token}")),
+        );
+    }
+    links.insert(
+        "spectator".into(),
+        json!(format!("{base}/play#session={id}")),
+    );
+    Value::Object(links)
+}
+
 pub(crate) fn run(client: &Client, command: SessionCommand) -> anyhow::Result<()> {
     match command {
         SessionCommand::Create {
@@ -97,8 +116,9 @@ pub(crate) fn run(client: &Client, command: SessionCommand) -> anyhow::Result<()
             };
             let request =
                 json!({"module": module, "players": players, "options": options, "seed": seed});
-            let created =
+            let mut created =
                 client.admin("POST", "/v1/sessions", Some(request.to_string().as_bytes()))?;
+            created["play"] = play_links(client.base(), &created);
             print_json(&created)
         }
         SessionCommand::List => {

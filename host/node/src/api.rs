@@ -23,7 +23,7 @@ use crate::node::{ActOutcome, CreateSession, EventBatch, Node};
 /// What a router serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Routes {
-    /// Player traffic only: health, views, actions, the WebSocket.
+    /// Player traffic only: health, views, actions, the WebSocket, the web pages.
     Players,
     /// Management only: modules, sessions, health.
     Admin,
@@ -65,9 +65,12 @@ pub fn router(node: Arc<Node>, routes: Routes, shutdown: watch::Receiver<bool>) 
                 .layer(DefaultBodyLimit::max(max_message)),
         );
     let router = match routes {
-        Routes::Players => health.merge(players),
+        Routes::Players => health.merge(players).merge(crate::web::routes()),
         Routes::Admin => health.merge(admin),
-        Routes::All => health.merge(players).merge(admin),
+        Routes::All => health
+            .merge(players)
+            .merge(admin)
+            .merge(crate::web::routes()),
     };
     router.fallback(not_found).with_state(app)
 }
@@ -314,6 +317,7 @@ enum ClientMessage {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum ServerMessage<'a> {
     Joined {
+        module: &'a str,
         player: Option<&'a str>,
         position: Position,
         status: &'static str,
@@ -480,6 +484,7 @@ async fn connection(app: App, id: String, mut socket: WebSocket) {
         .filter_map(|b| visible(b, me))
         .collect();
     let hello = ServerMessage::Joined {
+        module: &joined.module,
         player: me,
         position: Position {
             epoch: 1,

@@ -16,6 +16,8 @@
 //! - `error`: [`NodeError`] and its HTTP mapping.
 //! - `metrics`: Prometheus counters and histograms per module version.
 //! - `tokens`: random tokens, stored hashed, compared in constant time.
+//! - `web`: the lobby, the play page and the JavaScript client (`web/`),
+//!   compiled in and served on the players' address.
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
@@ -25,6 +27,7 @@ mod error;
 mod metrics;
 mod node;
 mod tokens;
+mod web;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -737,6 +737,7 @@ impl Node {
         let (state, view) = self.render_view(&cell, state, viewer).await?;
         let resync = matches!(missed, Some(None));
         Ok(Joined {
+            module: module_id(&cell.module),
             receiver,
             missed: missed.flatten(),
             resync,
@@ -1305,6 +1306,8 @@ struct PendingSnapshot {
 
 /// What a client gets when it joins a session.
 pub(crate) struct Joined {
+    /// The session's module, `name@version`.
+    pub(crate) module: String,
     pub(crate) receiver: broadcast::Receiver<Arc<EventBatch>>,
     pub(crate) missed: Option<Vec<Arc<EventBatch>>>,
     pub(crate) resync: bool,
