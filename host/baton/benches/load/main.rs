@@ -1,15 +1,16 @@
-//! Load benchmark: `cargo bench -p baton --bench load [-- SESSIONS SECONDS]`.
+//! Load benchmark: `cargo bench -p baton --bench load [-- SESSIONS SECONDS HIBERNATED RATE]`.
 //!
 //! Starts a real `baton serve` (release build, fsync on) on loopback, opens
 //! two WebSocket players per minotaur session, and has every player act as
 //! soon as its previous action is acknowledged (moves, so rounds keep
 //! resolving). Prints acknowledged actions per second, round-trip p50/p99,
-//! the load generator's own CPU, the node's resident memory per live
-//! session, and then per hibernated session.
+//! the load generator's own CPU; then the same load against the native
+//! ceiling (`ceiling.rs`) and the ratio; then the node's resident memory per
+//! live session and per hibernated session.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -59,7 +60,134 @@ fn cpu_seconds() -> f64 {
     ticks / 100.0
 }
 
+mod ceiling;
+
+/// A server under load: a real `baton serve`, or the native ceiling.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    token: String,
+}
+
+impl Server {
+    /// Starts `command` and waits for its ready line.
+    fn start(mut command: Command, token: String) -> Server {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the server");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let addr: SocketAddr = loop {
+            let line = lines.next().expect("ready line").expect("utf-8");
+            if let Some(rest) = line.strip_prefix("baton node ready: players http://") {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .expect("addr")
+                    .parse()
+                    .expect("addr");
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, addr, token }
+    }
+
+    /// Creates `sessions` minotaur sessions of two players who walk out and
+    /// back on the board (so rounds keep resolving and nobody falls).
+    fn players(&self, sessions: usize) -> Vec<(String, String, i32)> {
+        let mut players = Vec::new();
+        for _ in 0..sessions {
+            let request = json!({
+                "module": "minotaur",
+                "players": [{"id": "a", "name": "A"}, {"id": "b", "name": "B"}],
+                "options": {"radius": 4, "hit_points": 99, "max_rounds": 1000000, "round_ms": 600000,
+                            "positions": [{"q": -2, "r": 0}, {"q": 2, "r": 0}]},
+            });
+            let created = http(
+                self.addr,
+                "POST",
+                "/v1/sessions",
+                &self.token,
+                &request.to_string(),
+            );
+            let id = created["id"].as_str().expect("created").to_owned();
+            for (player, step) in [("a", 1), ("b", -1)] {
+                let token = created["tokens"][player].as_str().expect("token");
+                players.push((id.clone(), token.to_owned(), step));
+            }
+        }
+        players
+    }
+
+    fn rss_kib(&self) -> u64 {
+        rss_kib(self.child.id())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Acknowledged actions per second and the round trips of one phase.
+struct Phase {
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Runs the closed-loop phase and the paced phase against `server`.
+fn measure(
+    runtime: &tokio::runtime::Runtime,
+    server: &Server,
+    players: &[(String, String, i32)],
+    seconds: u64,
+    rate: f64,
+) -> [Phase; 2] {
+    [None, Some(rate)].map(|pace| {
+        let label = match pace {
+            None => "as fast as acknowledged (closed loop)".to_owned(),
+            Some(rate) => format!(
+                "paced at {rate}/s per player = {:.0}/s offered",
+                rate * players.len() as f64
+            ),
+        };
+        let (mut rtts, elapsed, cpu) =
+            runtime.block_on(run_players(server.addr, players.to_vec(), seconds, pace));
+        rtts.sort_unstable();
+        let pct = |q: f64| {
+            rtts.get(((rtts.len() as f64 - 1.0) * q) as usize)
+                .copied()
+                .unwrap_or_default()
+        };
+        let phase = Phase {
+            per_second: rtts.len() as f64 / elapsed,
+            p50: pct(0.5),
+            p99: pct(0.99),
+        };
+        println!("  {label}");
+        println!(
+            "    acknowledged actions    {:>9.0} /s   ({} in {elapsed:.1} s)",
+            phase.per_second,
+            rtts.len()
+        );
+        println!(
+            "    round trip              p50 {:>7.2} ms   p99 {:>7.2} ms",
+            phase.p50.as_secs_f64() * 1e3,
+            phase.p99.as_secs_f64() * 1e3
+        );
+        println!("    load generator CPU      {:>9.2} cores", cpu / elapsed);
+        phase
+    })
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--ceiling-server") {
+        return ceiling::serve();
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -77,97 +205,46 @@ fn main() {
     std::fs::write(
         dir.path().join("node.toml"),
         format!(
-            "max_sessions = {}\nmax_live_instances = {}\nhibernate_after_ms = 3000\nactions_per_second = 1000\n",
+            "max_sessions = {}\nmax_live_instances = {}\nhibernate_after_ms = 3000\nactions_per_second = 1000\noperator_token = \"bench\"\n",
             sessions + hibernated + 10,
             sessions + hibernated + 100
         ),
     )
     .expect("config");
-    let mut node = Command::new(env!("CARGO_BIN_EXE_baton"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
+    command
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(dir.path().join("node.toml"))
         .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("baton serve");
-    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
-    let addr: SocketAddr = loop {
-        let line = lines.next().expect("ready line").expect("utf-8");
-        if let Some(rest) = line.strip_prefix("baton node ready: players http://") {
-            break rest
-                .split_whitespace()
-                .next()
-                .expect("addr")
-                .parse()
-                .expect("addr");
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let token = std::fs::read_to_string(dir.path().join("data/operator-token")).expect("token");
-    let token = token.trim().to_owned();
-    let idle_rss = rss_kib(node.id());
-
-    println!(
-        "load benchmark: {sessions} minotaur sessions, 2 WebSocket players each, {seconds} s per phase, fsync on"
-    );
-    let mut players = Vec::new();
-    for _ in 0..sessions {
-        let request = json!({
-            "module": "minotaur",
-            "players": [{"id": "a", "name": "A"}, {"id": "b", "name": "B"}],
-            "options": {"radius": 4, "hit_points": 99, "max_rounds": 1000000, "round_ms": 600000,
-                        "positions": [{"q": -2, "r": 0}, {"q": 2, "r": 0}]},
-        });
-        let created = http(addr, "POST", "/v1/sessions", &token, &request.to_string());
-        let id = created["id"].as_str().expect("created").to_owned();
-        for (player, step) in [("a", 1), ("b", -1)] {
-            players.push((
-                id.clone(),
-                created["tokens"][player]
-                    .as_str()
-                    .expect("token")
-                    .to_owned(),
-                step,
-            ));
-        }
-    }
-    let live_rss = rss_kib(node.id());
-
+        .arg(dir.path().join("data"));
+    let node = Server::start(command, "bench".into());
+    let idle_rss = node.rss_kib();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    for pace in [None, Some(rate)] {
-        let label = match pace {
-            None => "as fast as acknowledged (closed loop)".to_owned(),
-            Some(rate) => format!(
-                "paced at {rate}/s per player = {:.0}/s offered",
-                rate * players.len() as f64
-            ),
-        };
-        let (mut rtts, elapsed, cpu) =
-            runtime.block_on(run_players(addr, players.clone(), seconds, pace));
-        rtts.sort_unstable();
-        let pct = |q: f64| {
-            rtts.get(((rtts.len() as f64 - 1.0) * q) as usize)
-                .copied()
-                .unwrap_or_default()
-        };
-        println!("  {label}");
-        println!(
-            "    acknowledged actions    {:>9.0} /s   ({} in {elapsed:.1} s)",
-            rtts.len() as f64 / elapsed,
-            rtts.len()
-        );
-        println!(
-            "    round trip              p50 {:>7.2} ms   p99 {:>7.2} ms",
-            pct(0.5).as_secs_f64() * 1e3,
-            pct(0.99).as_secs_f64() * 1e3
-        );
-        println!("    load generator CPU      {:>9.2} cores", cpu / elapsed);
-    }
+
+    println!(
+        "load benchmark: {sessions} minotaur sessions, 2 WebSocket players each, {seconds} s per phase"
+    );
+    println!("baton node (Wasm rules, journal fsynced before every ack, snapshots):");
+    let players = node.players(sessions);
+    let live_rss = node.rss_kib();
+    let baton = measure(&runtime, &node, &players, seconds, rate);
+
+    println!("native ceiling (same protocol, rules compiled in, no journal, no snapshots):");
+    let mut command = Command::new(std::env::current_exe().expect("this benchmark"));
+    command.arg("--ceiling-server");
+    let native = Server::start(command, String::new());
+    let ceiling = measure(&runtime, &native, &native.players(sessions), seconds, rate);
+    drop(native);
+    println!(
+        "  ceiling / baton           {:>9.2}x throughput (closed loop; goal <= 2x), paced p99 {:.2} ms vs {:.2} ms",
+        ceiling[0].per_second / baton[0].per_second.max(1.0),
+        ceiling[1].p99.as_secs_f64() * 1e3,
+        baton[1].p99.as_secs_f64() * 1e3,
+    );
+
     println!(
         "  node RSS                  {:>9} MiB idle, {} MiB with {sessions} live sessions: {:.0} KiB per live session",
         idle_rss / 1024,
@@ -176,13 +253,20 @@ fn main() {
     );
 
     // Density: many more sessions than are ever live, hibernated to snapshots.
-    let before = rss_kib(node.id());
+    let before = node.rss_kib();
     let mut created = 0;
     for _ in 0..hibernated {
         let request = json!({"module": "minotaur", "players": [{"id": "a", "name": "A"}, {"id": "b", "name": "B"}],
                              "options": {"round_ms": 600000}});
         created += usize::from(
-            http(addr, "POST", "/v1/sessions", &token, &request.to_string())["id"].is_string(),
+            http(
+                node.addr,
+                "POST",
+                "/v1/sessions",
+                &node.token,
+                &request.to_string(),
+            )["id"]
+                .is_string(),
         );
     }
     // Idle sessions hibernate after 3 s; wait for the sweeper (a benchmark
@@ -191,7 +275,7 @@ fn main() {
     let mut asleep = 0;
     for _ in 0..120 {
         std::thread::sleep(Duration::from_secs(1));
-        let listed = http(addr, "GET", "/v1/sessions", &token, "");
+        let listed = http(node.addr, "GET", "/v1/sessions", &node.token, "");
         asleep = listed
             .as_array()
             .map_or(0, |a| a.iter().filter(|s| s["live"] == false).count());
@@ -199,14 +283,12 @@ fn main() {
             break;
         }
     }
-    let after = rss_kib(node.id());
+    let after = node.rss_kib();
     println!(
         "  +{created} sessions, {asleep} of {total} hibernated: node RSS {} MiB, {:.1} KiB per added session",
         after / 1024,
         (after.saturating_sub(before)) as f64 / created.max(1) as f64
     );
-    let _ = node.kill();
-    let _ = node.wait();
 }
 
 /// Every player acts until `seconds` pass: right after each acknowledgement,
