@@ -1,0 +1,1946 @@
+//! One node's share of the cluster protocol, as a state machine: inputs
+//! (`now`, messages, client actions, drain) in; messages and events out. It
+//! decides who owns each session, keeps every owned session's journal on one
+//! replica, and moves sessions on drain and on failure.
+//!
+//! # The rules
+//!
+//! - A session has one **owner** (a node boot, [`NodeId`]) per **epoch** and
+//!   one **replica** (a node name: its durable store survives restarts).
+//! - The owner applies an action only under a valid **lease**, which only
+//!   the replica's acknowledgements extend: an ack of a message the owner
+//!   sent at `t` (its clock) gives a lease until `t + lease_ms`. A client is
+//!   acknowledged once the replica holds the entry.
+//! - Each ack is the replica's **promise**: no promotion until `lease_ms +
+//!   drift_ms` after it, on the replica's clock. Once the promise lapsed and
+//!   the owner is down, the replica **promotes** itself with a higher epoch;
+//!   it holds every acknowledged entry, since acks needed it.
+//! - A node that has seen a higher epoch for a session applies nothing and
+//!   acknowledges nothing for it. Epochs spread through the replicated
+//!   records and in every replication message's answer.
+//! - **Drain**: per owned session, a target (ready, newest version, least
+//!   loaded) gets a learner copy while the session keeps serving; then the
+//!   owner fences, lets target and replica catch up, and transfers with
+//!   `epoch + 1`; it is done when the target acknowledged. A replica that
+//!   drains is replaced by its owner: learner copy, release of the old
+//!   replica (acknowledged), then the learner is made replica.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::crdt::{Delta, DeltaMap, Stamp};
+use crate::membership::{Change, Membership, NodeId, NodeInfo};
+use crate::placement;
+
+/// Timings, all in milliseconds of a node's own clock.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Heartbeats and record deltas go out this often.
+    pub heartbeat_ms: u64,
+    /// A node silent this long is down.
+    pub detect_ms: u64,
+    /// How long one replica acknowledgement keeps the owner's lease.
+    pub lease_ms: u64,
+    /// Bound on how far two clocks drift apart over one lease.
+    pub drift_ms: u64,
+    /// A drain gives up on sessions still not handed off after this long
+    /// (they then fail over to their replica when the node is gone).
+    pub drain_deadline_ms: u64,
+    /// Tombstones of removed records are kept at least this long.
+    pub tombstone_ttl_ms: u64,
+    /// Test only: apply without a valid lease and ignore higher epochs, to
+    /// show that the simulation's checker catches a double owner.
+    #[doc(hidden)]
+    pub unsafe_ignore_fencing: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            heartbeat_ms: 50,
+            detect_ms: 300,
+            lease_ms: 500,
+            drift_ms: 50,
+            drain_deadline_ms: 5_000,
+            tombstone_ttl_ms: 60_000,
+            unsafe_ignore_fencing: false,
+        }
+    }
+}
+
+/// A replicated record's key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Key {
+    /// A session, by id.
+    Session(String),
+    /// A module, by `name@version`.
+    Module(String),
+    /// A node name the operator evicted: gone for good, never chosen again.
+    Evicted(String),
+}
+
+/// A replicated record.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Record {
+    /// Where a session lives.
+    Session(SessionRecord),
+    /// A published module.
+    Module {
+        /// Its content hash.
+        hash: String,
+        /// Its snapshot format version.
+        format: u32,
+    },
+    /// The name under [`Key::Evicted`] is out of the cluster.
+    Evicted,
+}
+
+/// Where a session lives and what it runs.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The owner.
+    pub owner: NodeId,
+    /// The ownership epoch.
+    pub epoch: u64,
+    /// The replica's node name.
+    pub replica: String,
+    /// The module, `name@version`.
+    pub module: String,
+    /// The module's content hash.
+    pub module_hash: String,
+    /// Snapshot format version.
+    pub format: u32,
+    /// Journal position of the latest snapshot.
+    pub snapshot_seq: u64,
+}
+
+/// One journal entry: the epoch it was applied in and the client's action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// Epoch of the owner that applied it.
+    pub epoch: u64,
+    /// The action (an id standing for its bytes).
+    pub action: u64,
+}
+
+/// What a node keeps in its store: all that survives a crash.
+#[derive(Clone, Debug, Default)]
+pub struct Durable {
+    /// Journals of sessions this node owns or replicates.
+    pub journals: BTreeMap<String, Vec<JournalEntry>>,
+    /// The highest epoch seen per session.
+    pub epochs: BTreeMap<String, u64>,
+    /// The replicated records as last known.
+    pub records: Delta<Key, Record>,
+    /// Sessions this node replicates holding every entry that can have been
+    /// acknowledged (since the epoch given): the condition for promotion.
+    pub complete: BTreeMap<String, u64>,
+    /// Replica changes this node (as owner) is releasing the old replica
+    /// for: session → the learner to make replica. A restart finishes them.
+    pub designating: BTreeMap<String, String>,
+    /// Sessions this node passed its replica rights on for, up to this
+    /// epoch: their owners of that epoch get no more acknowledgements here.
+    pub handed: BTreeMap<String, Handed>,
+}
+
+/// A replica's decision to pass a session on (kept across restarts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handed {
+    /// The epoch whose owner gets no more acknowledgements here.
+    pub served: u64,
+    /// The highest epoch offered in a transfer so far.
+    pub offered: u64,
+    /// Whether a transfer was acknowledged.
+    pub done: bool,
+}
+
+/// Messages between nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Membership: alive, with what the sender advertises.
+    Heartbeat(NodeInfo),
+    /// Record changes after what the receiver acknowledged.
+    Delta {
+        /// The entries.
+        entries: Delta<Key, Record>,
+        /// The sender's change counter they bring the receiver to.
+        upto: u64,
+    },
+    /// The receiver joined a `Delta` up to `upto`.
+    DeltaAck {
+        /// The counter acknowledged.
+        upto: u64,
+    },
+    /// Journal entries from `from` (0-based) of the owner's journal, which
+    /// is `len` long; for the replica also a lease renewal.
+    Replicate {
+        /// The session.
+        session: String,
+        /// The owner's epoch.
+        epoch: u64,
+        /// Where `entries` start.
+        from: u64,
+        /// The entries.
+        entries: Vec<JournalEntry>,
+        /// The owner's journal length.
+        len: u64,
+        /// A replica (promises, may promote) or a learner (a copy only).
+        replica: bool,
+        /// When the owner sent it, echoed in the ack.
+        sent_at: u64,
+    },
+    /// The receiver holds the owner's journal up to `len`.
+    ReplicateAck {
+        /// The session.
+        session: String,
+        /// The epoch acknowledged.
+        epoch: u64,
+        /// Entries held that match the owner's.
+        len: u64,
+        /// Echo of `Replicate::sent_at`.
+        sent_at: u64,
+        /// Whether this ack is a replica's promise.
+        replica: bool,
+    },
+    /// The sender knows a higher epoch: the receiver must stand down.
+    Stale {
+        /// The session.
+        session: String,
+        /// The higher epoch.
+        epoch: u64,
+    },
+    /// Ownership moves to the receiver at `epoch`.
+    Transfer {
+        /// The session.
+        session: String,
+        /// The new epoch.
+        epoch: u64,
+        /// The journal length at the fence.
+        len: u64,
+        /// The replica the new owner keeps.
+        replica: String,
+        /// The session's record, carried over.
+        record: SessionRecord,
+    },
+    /// To the replica, before a transfer: `owner` takes `epoch`.
+    Handover {
+        /// The session.
+        session: String,
+        /// The next epoch.
+        epoch: u64,
+        /// Its owner.
+        owner: NodeId,
+    },
+    /// The replica knows `epoch`'s owner and serves it.
+    HandoverAck {
+        /// The session.
+        session: String,
+        /// The epoch.
+        epoch: u64,
+    },
+    /// The receiver of a `Transfer` owns the session now.
+    TransferAck {
+        /// The session.
+        session: String,
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// The receiver is no longer the session's replica.
+    Release {
+        /// The session.
+        session: String,
+        /// The owner's epoch.
+        epoch: u64,
+    },
+    /// The receiver of a `Release` gave up its replica role.
+    Released {
+        /// The session.
+        session: String,
+        /// The epoch.
+        epoch: u64,
+    },
+    /// From a restarted node whose previous boot owned the session: its
+    /// journal, so that the replica holds every acknowledged entry before it
+    /// takes over (the previous boot may have been its only other holder).
+    Restore {
+        /// The session.
+        session: String,
+        /// The epoch the previous boot owned.
+        epoch: u64,
+        /// The whole journal.
+        entries: Vec<JournalEntry>,
+        /// To the learner of an unfinished replica change whose old replica
+        /// confirmed its release: become the replica.
+        designate: bool,
+    },
+    /// A client's action (the transport delivers it to the owner).
+    Act {
+        /// The session.
+        session: String,
+        /// The action.
+        action: u64,
+    },
+}
+
+/// What a node reports to its host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// An action was applied at journal position `seq` (1-based).
+    Applied {
+        /// The session.
+        session: String,
+        /// The owner's epoch.
+        epoch: u64,
+        /// Journal position.
+        seq: u64,
+        /// The action.
+        action: u64,
+    },
+    /// An applied action is durable on the replica: acknowledge the client.
+    Acked {
+        /// The session.
+        session: String,
+        /// The owner's epoch.
+        epoch: u64,
+        /// Journal position.
+        seq: u64,
+        /// The action.
+        action: u64,
+    },
+    /// An action was not applied.
+    Refused {
+        /// The session.
+        session: String,
+        /// The action.
+        action: u64,
+        /// Why.
+        reason: String,
+    },
+    /// This node owns a session now (creation, promotion or transfer).
+    Owner {
+        /// The session.
+        session: String,
+        /// The epoch.
+        epoch: u64,
+    },
+    /// A new session is running: its owner holds a lease from its replica,
+    /// so both hold it. Creation is acknowledged to the client from here.
+    Started {
+        /// The session.
+        session: String,
+    },
+    /// A session's replica changed: `replica` holds it now with `len` entries.
+    ReplicaChanged {
+        /// The session.
+        session: String,
+        /// The new replica's name.
+        replica: String,
+        /// Entries the new replica was known to hold.
+        len: u64,
+    },
+    /// This node stopped owning a session.
+    SteppedDown {
+        /// The session.
+        session: String,
+        /// The epoch it owned.
+        epoch: u64,
+    },
+    /// A drain ended: every session handed off, or the deadline passed.
+    Drained {
+        /// Sessions owned or replicated here when it ended.
+        left: usize,
+    },
+    /// Membership changed.
+    Membership(Change),
+}
+
+/// An owned session's replication and handoff state.
+#[derive(Clone, Debug)]
+struct Owning {
+    epoch: u64,
+    replica: String,
+    /// Entries the replica acknowledged holding (only grows: clients are
+    /// acknowledged up to it).
+    replica_len: u64,
+    /// Where the next message to the replica starts: its latest answer.
+    replica_next: u64,
+    lease_until: u64,
+    last_sent: Option<u64>,
+    pending: BTreeMap<u64, u64>,
+    fenced: bool,
+    moving: Option<Move>,
+}
+
+#[derive(Clone, Debug)]
+struct Move {
+    /// The new owner (handoff) or the new replica (replica change).
+    to: NodeId,
+    handoff: bool,
+    learner_len: u64,
+    stage: Stage,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// The learner is catching up; the session serves.
+    Syncing,
+    /// Replica change: the old replica is being released.
+    Releasing,
+    /// Handoff: fenced and copied; the replica is told the next epoch's
+    /// owner, so that it can never promote itself into that epoch.
+    Handover,
+    /// Handoff: the replica agreed; transfer sent, waiting for its ack.
+    Transferring,
+}
+
+/// A draining replica's transfer of a session whose owner is down.
+#[derive(Clone, Debug)]
+struct Handing {
+    /// The node taking the session over.
+    to: NodeId,
+    /// Entries it holds.
+    held: u64,
+    /// The epoch offered with the latest transfer: a retry with another
+    /// node offers a higher one, so two attempts never share an epoch.
+    epoch: u64,
+    /// Whether a transfer went out (it may have landed: no turning back).
+    offered: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Role {
+    Owner(Owning),
+    /// A copy with promotion rights.
+    Replica {
+        epoch: u64,
+        owner: NodeId,
+        promise_until: u64,
+        confirmed: u64,
+        /// Whether this epoch's owner has called: one that never did can
+        /// have applied nothing, so waiting for it is pointless.
+        called: bool,
+    },
+    /// A copy without promotion rights (handoff target, future replica).
+    Learner {
+        epoch: u64,
+        confirmed: u64,
+    },
+}
+
+/// One node.
+#[derive(Debug)]
+pub struct ClusterNode {
+    id: NodeId,
+    config: Config,
+    host_version: u32,
+    capacity: u32,
+    durable: Durable,
+    records: DeltaMap<Key, Record, NodeId>,
+    membership: Membership,
+    peers: BTreeSet<NodeId>,
+    roles: BTreeMap<String, Role>,
+    draining: Option<u64>,
+    drained: bool,
+    /// Sessions whose old replica confirmed its release to this boot.
+    released: BTreeSet<String>,
+    /// A draining replica passing the session on (its owner is down).
+    handing: BTreeMap<String, Handing>,
+    /// Peers whose records this boot has joined at least once.
+    synced_from: BTreeSet<NodeId>,
+    last_heartbeat: Option<u64>,
+    outbox: Vec<(NodeId, Message)>,
+    events: Vec<Event>,
+}
+
+impl ClusterNode {
+    /// A node starting at `now` with what its store kept. It owns nothing
+    /// (ownership belongs to a process, not a name), and it is again the
+    /// replica of every session whose record names it, promising at once as
+    /// if it had just acknowledged, since its previous life may have.
+    pub fn new(
+        id: NodeId,
+        config: Config,
+        host_version: u32,
+        capacity: u32,
+        durable: Durable,
+        now: u64,
+    ) -> Self {
+        let mut records = DeltaMap::new();
+        records.join(durable.records.clone(), now);
+        let mut roles = BTreeMap::new();
+        for (key, record) in records.iter() {
+            if let (Key::Session(session), Record::Session(r)) = (key, record)
+                && r.replica == id.name
+            {
+                roles.insert(
+                    session.clone(),
+                    Role::Replica {
+                        epoch: r.epoch,
+                        owner: r.owner.clone(),
+                        promise_until: now + config.lease_ms + config.drift_ms,
+                        // Its journal is durable, but what it matches of the
+                        // owner's is re-established by the owner's resend.
+                        confirmed: 0,
+                        called: false,
+                    },
+                );
+            }
+        }
+        ClusterNode {
+            membership: Membership::new(config.detect_ms),
+            id,
+            config,
+            host_version,
+            capacity,
+            durable,
+            records,
+            peers: BTreeSet::new(),
+            roles,
+            draining: None,
+            drained: false,
+            released: BTreeSet::new(),
+            synced_from: BTreeSet::new(),
+            handing: BTreeMap::new(),
+            last_heartbeat: None,
+            outbox: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// This node's identity.
+    pub fn id(&self) -> &NodeId {
+        &self.id
+    }
+
+    /// What the store must hold now.
+    pub fn durable(&self) -> &Durable {
+        &self.durable
+    }
+
+    /// Messages to send, oldest first.
+    pub fn poll_transmit(&mut self) -> Vec<(NodeId, Message)> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Events for the host, oldest first.
+    pub fn poll_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// A peer's address became known (seed list, DNS).
+    pub fn add_peer(&mut self, peer: NodeId) {
+        if peer != self.id {
+            self.peers.insert(peer);
+        }
+    }
+
+    /// The record of `session`, as this node knows it.
+    pub fn record(&self, session: &str) -> Option<&SessionRecord> {
+        match self.records.get(&Key::Session(session.to_owned()))? {
+            Record::Session(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Whether the operator evicted node `name`.
+    pub fn is_evicted(&self, name: &str) -> bool {
+        self.records.get(&Key::Evicted(name.to_owned())).is_some()
+    }
+
+    /// Every record this node knows, tombstones included.
+    pub fn records(&self) -> Delta<Key, Record> {
+        self.records.entries()
+    }
+
+    /// Whether this node owns `session` with a valid lease at `now`.
+    pub fn serving(&self, session: &str, now: u64) -> Option<u64> {
+        match self.roles.get(session)? {
+            Role::Owner(o) if !o.fenced && (o.lease_until > now) => Some(o.epoch),
+            _ => None,
+        }
+    }
+
+    /// Sessions this node owns, with their epochs.
+    pub fn owned(&self) -> Vec<(String, u64)> {
+        self.roles
+            .iter()
+            .filter_map(|(s, r)| match r {
+                Role::Owner(o) => Some((s.clone(), o.epoch)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Nodes this one is handing sessions to right now.
+    pub fn handoff_targets(&self) -> Vec<NodeId> {
+        self.roles
+            .values()
+            .filter_map(|r| match r {
+                Role::Owner(Owning {
+                    moving: Some(m), ..
+                }) if m.handoff => Some(m.to.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// This node's part in `session`, for logs and failing seeds.
+    pub fn describe(&self, session: &str) -> String {
+        format!(
+            "{:?} complete={:?} journal={} known_epoch={}",
+            self.roles.get(session),
+            self.durable.complete.get(session),
+            self.durable.journals.get(session).map_or(0, Vec::len),
+            self.known_epoch(session)
+        )
+    }
+
+    /// Whether this node is draining.
+    pub fn draining(&self) -> bool {
+        self.draining.is_some()
+    }
+
+    /// Whether a drain ended.
+    pub fn drained(&self) -> bool {
+        self.drained
+    }
+
+    fn info(&self) -> NodeInfo {
+        NodeInfo {
+            host_version: self.host_version,
+            capacity: self.capacity,
+            load: self.owned().len() as u32,
+            ready: self.draining.is_none(),
+        }
+    }
+
+    fn send(&mut self, to: NodeId, message: Message) {
+        self.outbox.push((to, message));
+    }
+
+    fn known_epoch(&self, session: &str) -> u64 {
+        self.durable.epochs.get(session).copied().unwrap_or(0)
+    }
+
+    fn raise_epoch(&mut self, session: &str, epoch: u64) {
+        let known = self.durable.epochs.entry(session.to_owned()).or_insert(0);
+        *known = (*known).max(epoch);
+    }
+
+    fn write_record(&mut self, session: &str, record: SessionRecord, version: u64, now: u64) {
+        let stamp = Stamp {
+            epoch: record.epoch,
+            version,
+            node: self.id.name.clone(),
+        };
+        self.records.insert(
+            Key::Session(session.to_owned()),
+            Record::Session(record),
+            stamp,
+            now,
+        );
+        self.durable.records = self.records.entries();
+    }
+
+    /// Nodes that may hold a replica: up and ready, any version, not this node.
+    fn replica_candidates(&self) -> Vec<NodeId> {
+        self.membership
+            .up()
+            .filter(|(id, info)| info.ready && **id != self.id && !self.is_evicted(&id.name))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Nodes that may own a moved session: up, ready, of the newest
+    /// version, not this node; with their load.
+    fn owner_candidates(&self) -> Vec<(NodeId, u32)> {
+        let newest = placement::newest_ready(self.membership.up());
+        newest
+            .into_iter()
+            .filter(|id| **id != self.id && !self.is_evicted(&id.name))
+            .map(|id| {
+                let load = self
+                    .membership
+                    .up()
+                    .find(|(n, _)| *n == id)
+                    .map_or(0, |(_, i)| i.load);
+                (id.clone(), load)
+            })
+            .collect()
+    }
+
+    // --- inputs -------------------------------------------------------------
+
+    /// Places and records a new session. Refused without a second ready
+    /// node, since every session needs a replica.
+    pub fn create(
+        &mut self,
+        session: &str,
+        module: &str,
+        now: u64,
+    ) -> Result<SessionRecord, String> {
+        if self.record(session).is_some() {
+            return Err(format!("session {session} exists"));
+        }
+        let me = NodeInfo { ..self.info() };
+        let mut nodes: Vec<(&NodeId, &NodeInfo)> = self
+            .membership
+            .up()
+            .filter(|(id, _)| !self.is_evicted(&id.name))
+            .collect();
+        nodes.push((&self.id, &me));
+        let candidates = placement::newest_ready(nodes);
+        let (owner, replica) = placement::place(session, &candidates)
+            .ok_or_else(|| "no ready node to place the session on".to_owned())?;
+        let replica = replica
+            .ok_or_else(|| "a session needs two ready nodes (owner and replica)".to_owned())?;
+        let record = SessionRecord {
+            owner: owner.clone(),
+            epoch: 1,
+            replica: replica.name.clone(),
+            module: module.to_owned(),
+            module_hash: String::new(),
+            format: 1,
+            snapshot_seq: 0,
+        };
+        self.write_record(session, record.clone(), 0, now);
+        self.adopt(session, now);
+        Ok(record)
+    }
+
+    /// Starts draining: not ready, sessions handed off, replicas moved away.
+    pub fn drain(&mut self, now: u64) {
+        if self.draining.is_none() {
+            self.draining = Some(now + self.config.drain_deadline_ms);
+            self.heartbeat(now);
+        }
+    }
+
+    /// The operator declares node `name` gone for good (its drain deadline
+    /// passed while it was unreachable, or its machine is lost): sessions it
+    /// replicated get a new replica without waiting for its release. Only
+    /// for a node that can no longer run: a live one could still promote.
+    pub fn evict(&mut self, name: &str, now: u64) {
+        let stamp = Stamp {
+            epoch: 0,
+            version: 0,
+            node: self.id.name.clone(),
+        };
+        self.records
+            .insert(Key::Evicted(name.to_owned()), Record::Evicted, stamp, now);
+        self.durable.records = self.records.entries();
+        self.on_evicted(name, now);
+    }
+
+    /// Acts on an eviction, learnt from the operator or the records.
+    fn on_evicted(&mut self, name: &str, now: u64) {
+        let owned: Vec<String> = self
+            .roles
+            .iter()
+            .filter(|(_, r)| matches!(r, Role::Owner(o) if o.replica == name))
+            .map(|(s, _)| s.clone())
+            .collect();
+        for session in owned {
+            let releasing = matches!(self.roles.get(&session), Some(Role::Owner(o))
+                if o.moving.as_ref().is_some_and(|m| !m.handoff && m.stage == Stage::Releasing));
+            if releasing {
+                self.designate(&session, now);
+            } else if let Some(Role::Owner(o)) = self.roles.get_mut(&session) {
+                o.replica = String::new();
+                o.moving = None;
+                o.fenced = false;
+            }
+        }
+        // A replica change a previous boot left half done: the evicted
+        // replica will never answer, so its release is taken as given.
+        let pending: Vec<String> = self
+            .durable
+            .designating
+            .keys()
+            .filter(|s| self.record(s).is_some_and(|r| r.replica == name))
+            .cloned()
+            .collect();
+        self.released.extend(pending);
+        self.peers.retain(|p| p.name != name);
+    }
+
+    /// A client's action for `session`.
+    pub fn act(&mut self, session: &str, action: u64, now: u64) {
+        let ignore = self.config.unsafe_ignore_fencing;
+        let refuse = |reason: String| Event::Refused {
+            session: session.to_owned(),
+            action,
+            reason,
+        };
+        let known = self.known_epoch(session);
+        let Some(Role::Owner(owning)) = self.roles.get_mut(session) else {
+            let owner = self.record(session).map(|r| r.owner.to_string());
+            self.events.push(refuse(match owner {
+                Some(owner) => format!("not the owner; {owner} is"),
+                None => "no such session".to_owned(),
+            }));
+            return;
+        };
+        if !ignore && (owning.fenced || owning.lease_until <= now || owning.epoch < known) {
+            let reason = if owning.fenced {
+                "the session is moving; retry on its new owner"
+            } else {
+                "no valid lease; retry shortly"
+            };
+            self.events.push(refuse(reason.to_owned()));
+            return;
+        }
+        let epoch = owning.epoch;
+        let journal = self.durable.journals.entry(session.to_owned()).or_default();
+        journal.push(JournalEntry { epoch, action });
+        let seq = journal.len() as u64;
+        owning.pending.insert(seq, action);
+        self.events.push(Event::Applied {
+            session: session.to_owned(),
+            epoch,
+            seq,
+            action,
+        });
+        self.replicate(session, now, false);
+    }
+
+    // --- messages -----------------------------------------------------------
+
+    /// A message from `from` at `now`.
+    pub fn handle(&mut self, from: NodeId, message: Message, now: u64) {
+        match message {
+            Message::Heartbeat(_) if self.is_evicted(&from.name) => {}
+            Message::Heartbeat(info) => {
+                self.add_peer(from.clone());
+                for change in self.membership.heard(&from, info, now) {
+                    self.changed(change);
+                }
+            }
+            Message::Delta { entries, upto } => {
+                self.synced_from.insert(from.clone());
+                let changed = self.records.join(entries, now);
+                self.durable.records = self.records.entries();
+                self.send(from, Message::DeltaAck { upto });
+                for key in changed.keys() {
+                    match key {
+                        Key::Session(session) => self.adopt(session, now),
+                        Key::Evicted(name) => self.on_evicted(name, now),
+                        Key::Module(_) => {}
+                    }
+                }
+            }
+            Message::DeltaAck { upto } => self.records.ack(&from, upto),
+            Message::Replicate {
+                session,
+                epoch,
+                from: start,
+                entries,
+                len,
+                replica,
+                sent_at,
+            } => self.on_replicate(
+                from, session, epoch, start, entries, len, replica, sent_at, now,
+            ),
+            Message::ReplicateAck {
+                session,
+                epoch,
+                len,
+                sent_at,
+                replica,
+            } => self.on_replicate_ack(from, &session, epoch, len, sent_at, replica, now),
+            Message::Stale { session, epoch } => {
+                // Mid-handoff the replica already serves the next epoch and
+                // says so; this node is fenced and finishes the transfer.
+                let handing_over = matches!(self.roles.get(&session), Some(Role::Owner(o))
+                    if o.moving.as_ref().is_some_and(|m| matches!(m.stage, Stage::Handover | Stage::Transferring)));
+                if handing_over {
+                    return;
+                }
+                self.raise_epoch(&session, epoch);
+                self.stand_down_below(&session, epoch, now);
+            }
+            Message::Transfer {
+                session,
+                epoch,
+                len,
+                replica,
+                record,
+            } => self.on_transfer(from, session, epoch, len, replica, record, now),
+            Message::TransferAck { session, epoch }
+                if self
+                    .handing
+                    .get(&session)
+                    .is_some_and(|h| h.to == from && h.epoch == epoch) =>
+            {
+                // Passed on: this node is no one's replica for it any more,
+                // and the owner it served gets no acknowledgements here.
+                self.roles.remove(&session);
+                self.handing.remove(&session);
+                self.durable.complete.remove(&session);
+                if let Some(h) = self.durable.handed.get_mut(&session) {
+                    h.done = true;
+                }
+                self.raise_epoch(&session, epoch);
+            }
+            Message::TransferAck { session, epoch } => {
+                if let Some(Role::Owner(o)) = self.roles.get(&session)
+                    && o.moving.as_ref().is_some_and(|m| m.handoff && m.to == from)
+                    && epoch == o.epoch + 1
+                {
+                    self.roles.remove(&session);
+                    self.raise_epoch(&session, epoch);
+                    self.events.push(Event::SteppedDown {
+                        session,
+                        epoch: epoch - 1,
+                    });
+                }
+            }
+            Message::Handover {
+                session,
+                epoch,
+                owner,
+            } => self.on_handover(from, session, epoch, owner, now),
+            Message::HandoverAck { session, epoch } => {
+                if let Some(Role::Owner(o)) = self.roles.get_mut(&session)
+                    && o.epoch + 1 == epoch
+                    && let Some(m) = o.moving.as_mut().filter(|m| m.stage == Stage::Handover)
+                {
+                    m.stage = Stage::Transferring;
+                    self.advance_move(&session, now);
+                }
+            }
+            Message::Release { session, .. }
+                if self
+                    .durable
+                    .handed
+                    .get(&session)
+                    .is_some_and(|h| h.offered > 0) => {}
+            Message::Release { session, epoch } => {
+                // The owner is back and moves its replica itself: stop
+                // passing the session on (no transfer went out yet).
+                if self
+                    .durable
+                    .handed
+                    .get(&session)
+                    .is_some_and(|h| h.offered == 0)
+                {
+                    self.handing.remove(&session);
+                    self.durable.handed.remove(&session);
+                }
+                if matches!(self.roles.get(&session),
+                    Some(Role::Replica { epoch: e, .. } | Role::Learner { epoch: e, .. }) if *e <= epoch)
+                {
+                    self.roles.remove(&session);
+                    self.durable.complete.remove(&session);
+                }
+                // Only a node with no part in the session confirms, with the
+                // newest epoch it knows (a higher one: someone took over).
+                // One that handed its rights on did not let them go: its
+                // successor holds them, as the records will tell the owner.
+                let handed = self
+                    .durable
+                    .handed
+                    .get(&session)
+                    .is_some_and(|h| h.served >= epoch);
+                if !self.roles.contains_key(&session) && !handed {
+                    let epoch = self.known_epoch(&session);
+                    self.send(from, Message::Released { session, epoch });
+                }
+            }
+            Message::Released { session, epoch } => self.on_released(&session, epoch, now),
+            Message::Restore {
+                session,
+                epoch,
+                entries,
+                designate,
+            } => self.on_restore(&session, epoch, entries, designate, now),
+            Message::Act { session, action } => self.act(&session, action, now),
+        }
+    }
+
+    /// Brings this node's role for `session` in line with its record: the
+    /// owner it names starts owning (new sessions), a higher epoch fences an
+    /// older owner, and the replica it names knows whom it serves.
+    fn adopt(&mut self, session: &str, now: u64) {
+        let Some(record) = self.record(session).cloned() else {
+            return;
+        };
+        self.raise_epoch(session, record.epoch);
+        self.stand_down_below(session, record.epoch, now);
+        let named = record.replica == self.id.name && record.owner != self.id;
+        match self.roles.get(session).cloned() {
+            Some(Role::Owner(o)) => {
+                // Its replica handed its rights on while this owner was away
+                // (its lease had lapsed): serve the successor, dropping any
+                // replica change of its own.
+                let successor = o.epoch == record.epoch
+                    && o.replica != record.replica
+                    && o.moving
+                        .as_ref()
+                        .is_none_or(|m| m.to.name != record.replica);
+                if successor && let Some(Role::Owner(o)) = self.roles.get_mut(session) {
+                    if o.moving.take().is_some() {
+                        self.durable.designating.remove(session);
+                    }
+                    o.fenced = false;
+                    o.replica = record.replica.clone();
+                    o.replica_len = 0;
+                    o.replica_next = 0;
+                    o.lease_until = o.lease_until.min(now);
+                }
+            }
+            None if record.owner == self.id
+                && record.epoch == 1
+                && !self.durable.journals.contains_key(session) =>
+            {
+                self.durable.journals.insert(session.to_owned(), Vec::new());
+                self.own(session, 1, record.replica.clone(), now);
+            }
+            None if named => {
+                // Named by a new session's record: nothing can have been
+                // acknowledged without this node, so it is complete.
+                let created = self
+                    .records
+                    .entry(&Key::Session(session.to_owned()))
+                    .is_some_and(|e| e.stamp.epoch == 1 && e.stamp.version == 0);
+                if created {
+                    self.durable.complete.insert(session.to_owned(), 1);
+                }
+                self.be_replica(session, &record, now);
+            }
+            Some(Role::Learner { epoch, .. }) if named => {
+                // Made replica after a learner copy: its owner fenced until
+                // the copy was whole, so it holds every acknowledged entry.
+                if epoch == record.epoch {
+                    self.durable.complete.insert(session.to_owned(), epoch);
+                }
+                self.be_replica(session, &record, now);
+            }
+            Some(Role::Replica { epoch, .. }) if named && epoch < record.epoch => {
+                // A transfer keeps the replica: complete as it was.
+                self.be_replica(session, &record, now);
+            }
+            Some(Role::Replica { .. }) if !named => {
+                // Replaced (its release was missed): no longer a replica.
+                self.roles.remove(session);
+                self.durable.complete.remove(session);
+            }
+            _ => {}
+        }
+    }
+
+    /// Becomes the replica the record names; the owner gets a lease's time
+    /// to call before this node may take over.
+    fn be_replica(&mut self, session: &str, record: &SessionRecord, now: u64) {
+        self.roles.insert(
+            session.to_owned(),
+            Role::Replica {
+                epoch: record.epoch,
+                owner: record.owner.clone(),
+                promise_until: now + self.config.lease_ms + self.config.drift_ms,
+                confirmed: 0,
+                called: false,
+            },
+        );
+    }
+
+    /// Drops ownership of `session` if it is below `epoch`: someone newer owns it.
+    fn stand_down_below(&mut self, session: &str, epoch: u64, now: u64) {
+        if self.config.unsafe_ignore_fencing {
+            return;
+        }
+        if let Some(Role::Owner(o)) = self.roles.get(session)
+            && o.epoch < epoch
+        {
+            let old = o.epoch;
+            self.roles.remove(session);
+            self.events.push(Event::SteppedDown {
+                session: session.to_owned(),
+                epoch: old,
+            });
+            self.adopt(session, now);
+        }
+    }
+
+    /// The owner hands the session to `owner` at `epoch`: serve it instead.
+    fn on_handover(&mut self, from: NodeId, session: String, epoch: u64, owner: NodeId, now: u64) {
+        let agreed = match self.roles.get(&session) {
+            Some(Role::Replica {
+                epoch: e, owner: o, ..
+            }) => (*e + 1 == epoch && *o == from) || (*e == epoch && *o == owner),
+            _ => false,
+        };
+        if !agreed {
+            let known = self.known_epoch(&session);
+            if known >= epoch {
+                self.send(
+                    from,
+                    Message::Stale {
+                        session,
+                        epoch: known,
+                    },
+                );
+            }
+            return;
+        }
+        self.raise_epoch(&session, epoch);
+        self.roles.insert(
+            session.clone(),
+            Role::Replica {
+                epoch,
+                owner,
+                // As if the new owner had been acknowledged just now.
+                promise_until: now + self.config.lease_ms + self.config.drift_ms,
+                confirmed: 0,
+                called: false,
+            },
+        );
+        self.send(from, Message::HandoverAck { session, epoch });
+    }
+
+    fn on_restore(
+        &mut self,
+        session: &str,
+        epoch: u64,
+        entries: Vec<JournalEntry>,
+        designate: bool,
+        now: u64,
+    ) {
+        let is_replica =
+            matches!(self.roles.get(session), Some(Role::Replica { epoch: e, .. }) if *e == epoch);
+        let is_learner =
+            matches!(self.roles.get(session), Some(Role::Learner { epoch: e, .. }) if *e == epoch);
+        // The message carries the whole journal, so a learner that lost its
+        // copy (or its role, in a restart) can be made replica all the same.
+        let no_part = !self.roles.contains_key(session);
+        if designate && (is_learner || no_part) && self.known_epoch(session) == epoch {
+            let Some(record) = self.record(session).cloned() else {
+                return;
+            };
+            self.be_replica(session, &record, now);
+        } else if !is_replica || self.durable.complete.contains_key(session) {
+            return;
+        }
+        let journal = self.durable.journals.entry(session.to_owned()).or_default();
+        if entries.len() >= journal.len() {
+            *journal = entries;
+        }
+        self.durable.complete.insert(session.to_owned(), epoch);
+    }
+
+    fn own(&mut self, session: &str, epoch: u64, replica: String, now: u64) {
+        self.raise_epoch(session, epoch);
+        self.durable.complete.remove(session);
+        self.roles.insert(
+            session.to_owned(),
+            Role::Owner(Owning {
+                epoch,
+                replica,
+                replica_len: 0,
+                replica_next: 0,
+                lease_until: 0,
+                last_sent: None,
+                pending: BTreeMap::new(),
+                fenced: false,
+                moving: None,
+            }),
+        );
+        self.events.push(Event::Owner {
+            session: session.to_owned(),
+            epoch,
+        });
+        self.replicate(session, now, true);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_replicate(
+        &mut self,
+        owner: NodeId,
+        session: String,
+        epoch: u64,
+        start: u64,
+        entries: Vec<JournalEntry>,
+        len: u64,
+        as_replica: bool,
+        sent_at: u64,
+        now: u64,
+    ) {
+        let known = self.known_epoch(&session);
+        let owns_now = matches!(self.roles.get(&session), Some(Role::Owner(o)) if o.epoch >= epoch);
+        let handed = self
+            .durable
+            .handed
+            .get(&session)
+            .is_some_and(|h| epoch <= h.served && as_replica);
+        if handed {
+            return;
+        }
+        if epoch < known || owns_now {
+            self.send(
+                owner,
+                Message::Stale {
+                    session,
+                    epoch: known.max(epoch),
+                },
+            );
+            return;
+        }
+        self.raise_epoch(&session, epoch);
+        self.stand_down_below(&session, epoch, now);
+        // What this copy has confirmed of this owner's journal at this epoch.
+        let confirmed = match self.roles.get(&session) {
+            Some(Role::Replica {
+                epoch: e,
+                owner: o,
+                confirmed,
+                ..
+            }) if *e == epoch && *o == owner => *confirmed,
+            Some(Role::Learner {
+                epoch: e,
+                confirmed,
+            }) if *e == epoch => *confirmed,
+            _ => 0,
+        };
+        let confirmed = if start <= confirmed {
+            let journal = self.durable.journals.entry(session.clone()).or_default();
+            for (i, entry) in entries.iter().enumerate() {
+                let at = start as usize + i;
+                match journal.get(at) {
+                    Some(have) if have == entry => {}
+                    Some(_) => {
+                        journal.truncate(at);
+                        journal.push(*entry);
+                    }
+                    None => journal.push(*entry),
+                }
+            }
+            // Entries past the owner's journal from an older epoch were never
+            // acknowledged: the owner's history replaces them.
+            if journal.len() as u64 > len && journal[len as usize..].iter().all(|e| e.epoch < epoch)
+            {
+                journal.truncate(len as usize);
+            }
+            if as_replica {
+                self.durable.complete.insert(session.clone(), epoch);
+            } else {
+                self.durable.complete.remove(&session);
+            }
+            confirmed.max(start + entries.len() as u64)
+        } else {
+            confirmed
+        };
+        let role = if as_replica {
+            Role::Replica {
+                epoch,
+                owner: owner.clone(),
+                promise_until: now + self.config.lease_ms + self.config.drift_ms,
+                confirmed,
+                called: true,
+            }
+        } else {
+            Role::Learner { epoch, confirmed }
+        };
+        self.roles.insert(session.clone(), role);
+        self.send(
+            owner,
+            Message::ReplicateAck {
+                session,
+                epoch,
+                len: confirmed,
+                sent_at,
+                replica: as_replica,
+            },
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_replicate_ack(
+        &mut self,
+        from: NodeId,
+        session: &str,
+        epoch: u64,
+        len: u64,
+        sent_at: u64,
+        replica: bool,
+        now: u64,
+    ) {
+        let lease_ms = self.config.lease_ms;
+        if let Some(h) = self.handing.get_mut(session)
+            && h.to == from
+        {
+            h.held = len;
+            return;
+        }
+        let Some(Role::Owner(o)) = self.roles.get_mut(session) else {
+            return;
+        };
+        if o.epoch != epoch {
+            return;
+        }
+        let journal_len = self
+            .durable
+            .journals
+            .get(session)
+            .map_or(0, |j| j.len() as u64);
+        if replica && from.name == o.replica {
+            if o.epoch == 1 && o.lease_until == 0 {
+                self.events.push(Event::Started {
+                    session: session.to_owned(),
+                });
+            }
+            o.lease_until = o.lease_until.max(sent_at + lease_ms);
+            o.replica_len = o.replica_len.max(len.min(journal_len));
+            o.replica_next = len.min(journal_len);
+            let done: Vec<u64> = o.pending.range(..=o.replica_len).map(|(s, _)| *s).collect();
+            for seq in done {
+                if let Some(action) = o.pending.remove(&seq) {
+                    self.events.push(Event::Acked {
+                        session: session.to_owned(),
+                        epoch,
+                        seq,
+                        action,
+                    });
+                }
+            }
+        } else if let Some(m) = o.moving.as_mut().filter(|m| m.to == from) {
+            m.learner_len = len.min(journal_len);
+        }
+        self.advance_move(session, now);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_transfer(
+        &mut self,
+        from: NodeId,
+        session: String,
+        epoch: u64,
+        len: u64,
+        replica: String,
+        mut record: SessionRecord,
+        now: u64,
+    ) {
+        if matches!(self.roles.get(&session), Some(Role::Owner(o)) if o.epoch == epoch) {
+            // A duplicate: already done.
+            self.send(from, Message::TransferAck { session, epoch });
+            return;
+        }
+        let held = match self.roles.get(&session) {
+            Some(Role::Learner { confirmed, .. } | Role::Replica { confirmed, .. }) => *confirmed,
+            _ => 0,
+        };
+        if epoch <= self.known_epoch(&session) || held < len {
+            return;
+        }
+        let replica = if replica.is_empty() || replica == self.id.name {
+            let candidates: Vec<NodeId> = self
+                .replica_candidates()
+                .into_iter()
+                .filter(|id| *id != from)
+                .collect();
+            match placement::rank(&session, &candidates).first() {
+                Some(id) => id.name.clone(),
+                None => return, // nobody to replicate to yet: the sender retries
+            }
+        } else {
+            replica
+        };
+        if let Some(journal) = self.durable.journals.get_mut(&session) {
+            journal.truncate(len as usize);
+        }
+        record.owner = self.id.clone();
+        record.epoch = epoch;
+        record.replica = replica.clone();
+        self.write_record(&session, record, 0, now);
+        self.own(&session, epoch, replica, now);
+        self.send(from, Message::TransferAck { session, epoch });
+    }
+
+    fn on_released(&mut self, session: &str, epoch: u64, now: u64) {
+        if !self.roles.contains_key(session) {
+            // The old replica confirms it let go: the restarted owner's
+            // previous boot was designating a learner, which may now take over.
+            if self.durable.designating.contains_key(session)
+                && self.record(session).is_some_and(|r| r.epoch == epoch)
+            {
+                self.released.insert(session.to_owned());
+            }
+            return;
+        }
+        let Some(Role::Owner(o)) = self.roles.get_mut(session) else {
+            return;
+        };
+        let releasing = o
+            .moving
+            .as_ref()
+            .is_some_and(|m| !m.handoff && m.stage == Stage::Releasing);
+        if releasing && epoch == o.epoch {
+            self.designate(session, now);
+        }
+    }
+
+    /// Ends a replica change once the old replica let go (or is gone): the
+    /// learner becomes the replica if it is still up and ready; otherwise
+    /// the session has no replica and the next change picks another.
+    fn designate(&mut self, session: &str, now: u64) {
+        let Some(Role::Owner(o)) = self.roles.get(session) else {
+            return;
+        };
+        let Some(m) = o.moving.clone() else {
+            return;
+        };
+        let usable = self
+            .membership
+            .up()
+            .any(|(id, info)| *id == m.to && info.ready);
+        self.durable.designating.remove(session);
+        let Some(Role::Owner(o)) = self.roles.get_mut(session) else {
+            return;
+        };
+        o.moving = None;
+        o.fenced = false;
+        // The old replica's promises are void, and so is the lease they gave.
+        o.lease_until = o.lease_until.min(now);
+        if !usable {
+            o.replica = String::new();
+            return;
+        }
+        o.replica = m.to.name.clone();
+        o.replica_len = 0;
+        o.replica_next = 0;
+        o.last_sent = None;
+        let Some(mut record) = self.record(session).cloned() else {
+            return;
+        };
+        let version = self
+            .records
+            .entry(&Key::Session(session.to_owned()))
+            .map_or(0, |e| e.stamp.version + 1);
+        record.replica = m.to.name.clone();
+        self.write_record(session, record, version, now);
+        self.replicate(session, now, true);
+    }
+
+    // --- time ---------------------------------------------------------------
+
+    /// Advances to `now`: heartbeats, record sync, failure detection,
+    /// lease renewal, promotion, drain progress.
+    pub fn tick(&mut self, now: u64) {
+        for change in self.membership.tick(now) {
+            self.changed(change);
+        }
+        if self
+            .last_heartbeat
+            .is_none_or(|t| now >= t + self.config.heartbeat_ms)
+        {
+            self.heartbeat(now);
+            let orphans: Vec<String> = self
+                .durable
+                .journals
+                .keys()
+                .filter(|s| !self.roles.contains_key(*s))
+                .cloned()
+                .collect();
+            for session in orphans {
+                self.restore(&session, now);
+            }
+        }
+        let sessions: Vec<String> = self.roles.keys().cloned().collect();
+        for session in sessions {
+            self.tick_session(&session, now);
+        }
+        self.records.gc(now, self.config.tombstone_ttl_ms);
+        if let Some(deadline) = self.draining
+            && !self.drained
+        {
+            // Done when nothing is owned or replicated here and no record
+            // still names this node: a lost `Released` or `TransferAck` is
+            // asked again until the owner's new record arrives.
+            let mut left: BTreeSet<&String> = self.roles.keys().collect();
+            for (key, record) in self.records.iter() {
+                if let (Key::Session(s), Record::Session(r)) = (key, record)
+                    && (r.replica == self.id.name || r.owner == self.id)
+                {
+                    left.insert(s);
+                }
+            }
+            let left = left.len();
+            // Nothing here is only known once every peer's records arrived.
+            let informed = self
+                .membership
+                .up()
+                .all(|(id, _)| self.synced_from.contains(id));
+            if (left == 0 && informed) || now >= deadline {
+                self.drained = true;
+                self.events.push(Event::Drained { left });
+            }
+        }
+    }
+
+    fn heartbeat(&mut self, now: u64) {
+        self.last_heartbeat = Some(now);
+        let info = self.info();
+        let peers: Vec<NodeId> = self.peers.iter().cloned().collect();
+        for peer in peers {
+            self.send(peer.clone(), Message::Heartbeat(info.clone()));
+            if self.membership.is_up(&peer)
+                && let Some((entries, upto)) = self.records.delta_for(&peer)
+            {
+                self.send(peer, Message::Delta { entries, upto });
+            }
+        }
+    }
+
+    fn changed(&mut self, change: Change) {
+        match &change {
+            Change::Up(id) => self.records.add_peer(id.clone()),
+            Change::Down(id) => {
+                self.records.remove_peer(id);
+                // Keep calling a silent node (a partition heals), but not a
+                // boot that a newer one of the same name replaced.
+                if self.peers.iter().any(|p| p.name == id.name && p != id) {
+                    self.peers.remove(id);
+                }
+            }
+        }
+        self.events.push(Event::Membership(change));
+    }
+
+    fn tick_session(&mut self, session: &str, now: u64) {
+        match self.roles.get(session).cloned() {
+            Some(Role::Owner(o)) => {
+                let renew = o
+                    .last_sent
+                    .is_none_or(|t| now >= t + self.config.lease_ms / 4);
+                if renew {
+                    self.replicate(session, now, true);
+                }
+                self.plan_move(session, now);
+                self.advance_move(session, now);
+            }
+            Some(Role::Replica {
+                epoch,
+                owner,
+                promise_until,
+                called,
+                ..
+            }) => {
+                let decided = self.handing.contains_key(session)
+                    || self.durable.handed.get(session).is_some_and(|h| !h.done);
+                if decided {
+                    // Decided: the old owner gets no more acknowledgements.
+                    self.hand_on(session, epoch, now);
+                } else if now > promise_until
+                    && (!called || !self.membership.is_up(&owner))
+                    && owner != self.id
+                    && self.durable.complete.contains_key(session)
+                {
+                    if self.draining.is_some() {
+                        // About to leave: pass the rights on rather than
+                        // take ownership this node could not keep.
+                        self.hand_on(session, epoch, now);
+                    } else {
+                        self.promote(session, epoch, now);
+                    }
+                }
+            }
+            Some(Role::Learner { .. }) | None => {}
+        }
+    }
+
+    /// A draining replica whose owner is down passes the session on
+    /// instead of taking ownership it could not keep: a learner copy to a
+    /// ready node, then a transfer to it with a higher epoch, retried with
+    /// a fresh epoch (and maybe another node) until acknowledged.
+    fn hand_on(&mut self, session: &str, epoch: u64, now: u64) {
+        let journal = self
+            .durable
+            .journals
+            .get(session)
+            .cloned()
+            .unwrap_or_default();
+        let len = journal.len() as u64;
+        let candidates = self.replica_candidates();
+        let current = self.handing.get(session).cloned();
+        let handing = match current {
+            Some(h) if candidates.contains(&h.to) => h,
+            _ => {
+                let owner = self.record(session).map(|r| r.owner.name.clone());
+                let eligible: Vec<NodeId> = candidates
+                    .into_iter()
+                    .filter(|id| Some(&id.name) != owner.as_ref())
+                    .collect();
+                let Some(to) = placement::rank(session, &eligible)
+                    .first()
+                    .map(|id| (*id).clone())
+                else {
+                    return;
+                };
+                let offered = self.durable.handed.get(session).map_or(0, |h| h.offered);
+                let floor = current
+                    .map_or(epoch, |h| h.epoch)
+                    .max(self.known_epoch(session))
+                    .max(offered);
+                Handing {
+                    to,
+                    held: 0,
+                    epoch: floor + 1,
+                    offered: false,
+                }
+            }
+        };
+        // From here on the old owner gets no acknowledgements, so the journal
+        // passed on is the whole acknowledged one.
+        self.durable
+            .handed
+            .entry(session.to_owned())
+            .or_insert(Handed {
+                served: epoch,
+                ..Handed::default()
+            });
+        self.handing.insert(session.to_owned(), handing.clone());
+        if handing.held < len {
+            self.send(
+                handing.to,
+                Message::Replicate {
+                    session: session.to_owned(),
+                    epoch,
+                    from: handing.held,
+                    entries: journal[handing.held as usize..].to_vec(),
+                    len,
+                    replica: false,
+                    sent_at: now,
+                },
+            );
+            return;
+        }
+        if let Some(h) = self.handing.get_mut(session) {
+            h.offered = true;
+        }
+        if let Some(h) = self.durable.handed.get_mut(session) {
+            h.offered = h.offered.max(handing.epoch);
+        }
+        if let Some(record) = self.record(session).cloned() {
+            self.send(
+                handing.to,
+                Message::Transfer {
+                    session: session.to_owned(),
+                    epoch: handing.epoch,
+                    len,
+                    replica: String::new(),
+                    record,
+                },
+            );
+        }
+    }
+
+    /// The replica takes over: a higher epoch, a replica of its own.
+    fn promote(&mut self, session: &str, epoch: u64, now: u64) {
+        let epoch = epoch.max(self.known_epoch(session)) + 1;
+        let Some(mut record) = self.record(session).cloned() else {
+            return;
+        };
+        let candidates = self.replica_candidates();
+        let Some(replica) = placement::rank(session, &candidates)
+            .into_iter()
+            .find(|id| *id != &record.owner)
+            .cloned()
+        else {
+            return; // Nobody to replicate to: wait.
+        };
+        record.owner = self.id.clone();
+        record.epoch = epoch;
+        record.replica = replica.name.clone();
+        self.write_record(session, record, 0, now);
+        self.durable.journals.entry(session.to_owned()).or_default();
+        self.own(session, epoch, replica.name, now);
+    }
+
+    /// Sends the replica (and a learner, if any) what it lacks; `renew`
+    /// sends even when nothing is new, to extend the lease.
+    fn replicate(&mut self, session: &str, now: u64, renew: bool) {
+        let Some(Role::Owner(o)) = self.roles.get(session) else {
+            return;
+        };
+        let len = self
+            .durable
+            .journals
+            .get(session)
+            .map_or(0, |j| j.len() as u64);
+        let mut out = Vec::new();
+        let replica = self.membership.by_name(&o.replica).cloned();
+        if let Some(replica) = replica
+            && (renew || o.replica_next < len)
+        {
+            out.push((replica, o.replica_next, true));
+        }
+        if let Some(m) = &o.moving
+            && (renew || m.learner_len < len)
+            && m.stage == Stage::Syncing
+            && m.to.name != o.replica
+        {
+            out.push((m.to.clone(), m.learner_len, false));
+        }
+        let epoch = o.epoch;
+        if let Some(Role::Owner(o)) = self.roles.get_mut(session) {
+            o.last_sent = Some(now);
+        }
+        let journal = self
+            .durable
+            .journals
+            .get(session)
+            .map_or(&[][..], Vec::as_slice);
+        for (to, from, replica) in out {
+            let entries = journal.get(from as usize..).unwrap_or_default().to_vec();
+            self.outbox.push((
+                to,
+                Message::Replicate {
+                    session: session.to_owned(),
+                    epoch,
+                    from,
+                    entries,
+                    len,
+                    replica,
+                    sent_at: now,
+                },
+            ));
+        }
+    }
+
+    /// A session this node's previous boot owned: send its journal to the
+    /// replica, which may hold less (it may never have been called).
+    fn restore(&mut self, session: &str, now: u64) {
+        let Some(record) = self.record(session).cloned() else {
+            return;
+        };
+        let previous_life = record.owner.name == self.id.name && record.owner != self.id;
+        if previous_life
+            && self.is_evicted(&record.replica)
+            && !self.durable.designating.contains_key(session)
+        {
+            // The replica is gone for good: this store holds every entry the
+            // previous boot acknowledged, so it takes the session back.
+            self.promote(session, record.epoch, now);
+            return;
+        }
+        let Some(journal) = self.durable.journals.get(session).cloned() else {
+            return;
+        };
+        if !previous_life {
+            self.durable.designating.remove(session);
+            return;
+        }
+        // Mid replica change: once the old replica confirmed its release,
+        // the learner is the one to complete; never both.
+        let (to, designate) = match self.durable.designating.get(session) {
+            Some(learner) if self.released.contains(session) => (learner.clone(), true),
+            _ => (record.replica.clone(), false),
+        };
+        if let Some(to) = self.membership.by_name(&to).cloned() {
+            if !designate && self.durable.designating.contains_key(session) {
+                // Finish the release the previous boot began; the answer
+                // says whether the old replica let go.
+                self.send(
+                    to,
+                    Message::Release {
+                        session: session.to_owned(),
+                        epoch: record.epoch,
+                    },
+                );
+                return;
+            }
+            self.send(
+                to,
+                Message::Restore {
+                    session: session.to_owned(),
+                    epoch: record.epoch,
+                    entries: journal,
+                    designate,
+                },
+            );
+        }
+    }
+
+    /// Starts a handoff (draining) or a replica change (the replica drains).
+    fn plan_move(&mut self, session: &str, now: u64) {
+        let Some(Role::Owner(o)) = self.roles.get(session) else {
+            return;
+        };
+        if o.moving.is_some() {
+            return;
+        }
+        let replica_leaving = o.replica.is_empty()
+            || self.is_evicted(&o.replica)
+            || self
+                .membership
+                .by_name(&o.replica)
+                .and_then(|id| self.membership.up().find(|(n, _)| *n == id))
+                .is_some_and(|(_, info)| !info.ready);
+        let handoff = self.draining.is_some();
+        if !handoff && !replica_leaving {
+            return;
+        }
+        let replica = o.replica.clone();
+        let to = if handoff {
+            // Spread over the newest nodes; the replica itself only if it
+            // is the one candidate (it holds the session already).
+            let all = self.owner_candidates();
+            let others: Vec<(&NodeId, u32)> = all
+                .iter()
+                .filter(|(id, _)| id.name != replica)
+                .map(|(id, l)| (id, *l))
+                .collect();
+            let all: Vec<(&NodeId, u32)> = all.iter().map(|(id, l)| (id, *l)).collect();
+            placement::drain_target(session, if others.is_empty() { &all } else { &others })
+                .cloned()
+        } else {
+            let candidates: Vec<NodeId> = self
+                .replica_candidates()
+                .into_iter()
+                .filter(|id| id.name != replica)
+                .collect();
+            placement::rank(session, &candidates)
+                .first()
+                .map(|id| (*id).clone())
+        };
+        let Some(to) = to else {
+            return;
+        };
+        if let Some(Role::Owner(o)) = self.roles.get_mut(session) {
+            o.moving = Some(Move {
+                to,
+                handoff,
+                learner_len: 0,
+                stage: Stage::Syncing,
+            });
+        }
+        self.replicate(session, now, false);
+    }
+
+    fn advance_move(&mut self, session: &str, now: u64) {
+        let journal_len = self
+            .durable
+            .journals
+            .get(session)
+            .map_or(0, |j| j.len() as u64);
+        let Some(Role::Owner(o)) = self.roles.get_mut(session) else {
+            return;
+        };
+        let Some(m) = o.moving.as_mut() else {
+            return;
+        };
+        // A target lost before the transfer: start over with another. After
+        // the transfer was sent it may own the session already, so this node
+        // stays fenced; the session fails over to its replica if need be.
+        // A target that went down or started draining: start over with
+        // another, and let a draining one drop its copy.
+        let target_ready = self
+            .membership
+            .up()
+            .any(|(id, info)| *id == m.to && info.ready);
+        if !target_ready && m.stage == Stage::Syncing {
+            let to = m.to.clone();
+            let epoch = o.epoch;
+            o.moving = None;
+            o.fenced = false;
+            if self.membership.is_up(&to) {
+                self.send(
+                    to,
+                    Message::Release {
+                        session: session.to_owned(),
+                        epoch,
+                    },
+                );
+            }
+            return;
+        }
+        match (m.handoff, m.stage) {
+            (true, Stage::Syncing) if m.to.name == o.replica => {
+                // The replica takes over: it holds the session; no learner
+                // copy, and no handover (it is the next epoch's owner).
+                o.fenced = true;
+                if o.replica_len >= journal_len {
+                    m.stage = Stage::Transferring;
+                }
+            }
+            (true, Stage::Syncing) => {
+                if m.learner_len >= journal_len {
+                    // Caught up while serving: fence, then let both copies
+                    // catch up with the last entries.
+                    o.fenced = true;
+                    if o.replica_len >= journal_len && m.learner_len >= journal_len {
+                        m.stage = Stage::Handover;
+                    }
+                }
+            }
+            (false, Stage::Syncing) => {
+                // As for a handoff: fence once caught up, so that the
+                // learner holds every entry when it is made replica.
+                if m.learner_len >= journal_len {
+                    if o.fenced {
+                        m.stage = Stage::Releasing;
+                        self.durable
+                            .designating
+                            .insert(session.to_owned(), m.to.name.clone());
+                    }
+                    o.fenced = true;
+                }
+            }
+            (_, Stage::Releasing | Stage::Handover | Stage::Transferring) => {}
+        }
+        let (to, stage, handoff, epoch) = (m.to.clone(), m.stage, m.handoff, o.epoch);
+        let replica = o.replica.clone();
+        match (handoff, stage) {
+            (true, Stage::Transferring) => {
+                let record = self.record(session).cloned();
+                if let Some(record) = record {
+                    // Keep the replica unless it is leaving too (then the new
+                    // owner's own replica change moves it) or is the new
+                    // owner (then it picks one; empty means "choose").
+                    let replica = if replica == to.name {
+                        String::new()
+                    } else {
+                        replica
+                    };
+                    self.send(
+                        to,
+                        Message::Transfer {
+                            session: session.to_owned(),
+                            epoch: epoch + 1,
+                            len: journal_len,
+                            replica,
+                            record,
+                        },
+                    );
+                }
+            }
+            (true, Stage::Handover) => {
+                if let Some(replica) = self.membership.by_name(&replica).cloned() {
+                    self.send(
+                        replica,
+                        Message::Handover {
+                            session: session.to_owned(),
+                            epoch: epoch + 1,
+                            owner: to,
+                        },
+                    );
+                }
+            }
+            (false, Stage::Releasing) if replica.is_empty() || self.is_evicted(&replica) => {
+                self.designate(session, now);
+            }
+            (false, Stage::Releasing) => {
+                if let Some(old) = self.membership.by_name(&replica).cloned() {
+                    self.send(
+                        old,
+                        Message::Release {
+                            session: session.to_owned(),
+                            epoch,
+                        },
+                    );
+                }
+            }
+            _ => self.replicate(session, now, false),
+        }
+    }
+}

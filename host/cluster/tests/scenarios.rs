@@ -1,0 +1,150 @@
+//! Cluster scenarios, written as text (see `Sim::scenario` for the
+//! statements). Each runs under the default lossy network of `SimConfig`,
+//! with the checker's guarantees asserted after every step and the
+//! expectations at the end.
+
+use baton_cluster::sim::{Sim, SimConfig};
+
+fn run(name: &str, text: &str) {
+    for seed in 0..5 {
+        let report = Sim::scenario(seed, SimConfig::default(), text)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(
+            report.violations.is_empty(),
+            "{name}, seed {seed}: {:#?}\n{}",
+            report.violations,
+            report.log.join("\n")
+        );
+        assert!(report.acked > 0, "{name}: no action was ever acknowledged");
+    }
+}
+
+#[test]
+fn rolling_replacement_of_every_node() {
+    run(
+        "rolling replacement",
+        "
+        nodes a b c
+        sessions 12
+        # each node in turn: a new-version node joins, then the old one drains
+        at 1000 start a2 version 2
+        at 1000 drain a
+        at 3500 start b2 version 2
+        at 3500 drain b
+        at 6000 start c2 version 2
+        at 6000 drain c
+        run 10000
+        expect gone a b c
+        expect owned-by a2 b2 c2
+        expect owned
+        expect moves >= 12
+        ",
+    );
+}
+
+#[test]
+fn crash_of_an_owner() {
+    run(
+        "owner crash",
+        "
+        nodes a b c
+        sessions 9
+        at 1500 crash a restart-after 3000
+        run 8000
+        expect owned
+        expect moves >= 1
+        ",
+    );
+}
+
+#[test]
+fn crash_of_a_target_mid_handoff() {
+    run(
+        "target crash mid-handoff",
+        "
+        nodes a b c d
+        sessions 12
+        at 1000 start e version 2
+        at 1000 drain a
+        # as soon as a picks its first target, that target dies (and restarts)
+        at 1010 crash-handoff-target a
+        run 9000
+        expect gone a
+        expect owned
+        ",
+    );
+}
+
+#[test]
+fn drain_deadline_expiring() {
+    run(
+        "drain deadline",
+        "
+        config drain_deadline_ms=400
+        nodes a b c d
+        sessions 12
+        # a is cut off from everyone, so it can hand nothing off: it exits at
+        # its deadline; the sessions it owned fail over to their replicas,
+        # and those it replicated get a new replica once the operator
+        # declares it gone (until then their owners keep their journal but
+        # cannot acknowledge)
+        at 1000 partition a
+        at 1000 drain a
+        at 2500 heal
+        at 3500 evict-gone
+        run 8000
+        expect gone a
+        expect owned
+        expect owns-nothing a
+        ",
+    );
+}
+
+#[test]
+fn two_nodes_drained_at_once() {
+    run(
+        "two drains at once",
+        "
+        nodes a b c d
+        sessions 12
+        at 1000 start e version 2
+        at 1000 start f version 2
+        at 1200 drain a
+        at 1200 drain b
+        run 8000
+        expect gone a b
+        expect owned-by c d e f
+        expect owned
+        ",
+    );
+}
+
+#[test]
+fn a_paused_owner_resuming_after_promotion() {
+    run(
+        "paused owner",
+        "
+        nodes a b c
+        sessions 9
+        # frozen well past its lease: its replicas take over; when it wakes
+        # it must apply and acknowledge nothing for the sessions that moved
+        at 1500 pause a 3000
+        run 8000
+        expect owned
+        expect owns-nothing a
+        expect moves >= 1
+        ",
+    );
+}
+
+#[test]
+fn a_scenario_with_a_typo_says_where() {
+    let error = Sim::scenario(
+        0,
+        SimConfig::default(),
+        "nodes a b\nat 10 explode a\nrun 100",
+    )
+    .expect_err("an unknown command");
+    assert!(error.contains("line 2"), "{error}");
+    assert!(error.contains("explode"), "{error}");
+}
