@@ -12,6 +12,28 @@
 //! - [`placement`]: rendezvous hashing for new sessions and drain targets.
 //! - [`node`]: leases, replication, promotion, handoff: [`ClusterNode`].
 //! - [`sim`]: the simulation, its fault schedule and its checker.
+//!
+//! # Running the simulation
+//!
+//! `cargo test -p baton-cluster` runs 1000 seeds (about 15 s here),
+//! the scenarios and the property tests. `BATON_SIM_SEEDS=6000` runs more;
+//! `BATON_SIM_SEED=<n>` reruns one seed and prints its log, and
+//! `BATON_SIM_TRACE=<session>` adds every message about that session.
+//!
+//! # Known limits
+//!
+//! - One replica per session: a session survives the loss of one of its
+//!   two holders, not both at once.
+//! - A node gone for good while it still replicated sessions (its drain
+//!   deadline passed while it was cut off, or its machine is lost) must be
+//!   evicted ([`ClusterNode::evict`]) before those sessions get a new
+//!   replica; until then their owners cannot acknowledge. Eviction is for
+//!   nodes that can no longer run.
+//! - In 6000 seeds, 3 (4240, 4561, 5749) end with a session unowned: a
+//!   node promoted itself, picked a replica it could not reach, then
+//!   drained while cut off and exited at its deadline. The acknowledged
+//!   entries survive on the previous owner's store, but no rule yet lets the
+//!   never-called replica fetch them. No seed broke a safety guarantee.
 #![warn(missing_docs)]
 
 pub mod crdt;

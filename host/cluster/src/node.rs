@@ -709,6 +709,48 @@ impl ClusterNode {
         Ok(record)
     }
 
+    /// Records a published module (`name@version`) for the whole cluster:
+    /// content-addressed, so the same id with other bytes is refused.
+    pub fn publish_module(
+        &mut self,
+        id: &str,
+        hash: &str,
+        format: u32,
+        now: u64,
+    ) -> Result<(), String> {
+        let key = Key::Module(id.to_owned());
+        if let Some(Record::Module { hash: known, .. }) = self.records.get(&key)
+            && known != hash
+        {
+            return Err(format!(
+                "{id} is already published with other bytes ({known})"
+            ));
+        }
+        let record = Record::Module {
+            hash: hash.to_owned(),
+            format,
+        };
+        let stamp = Stamp {
+            epoch: 0,
+            version: 0,
+            node: self.id.name.clone(),
+        };
+        self.records.insert(key, record, stamp, now);
+        self.durable.records = self.records.entries();
+        Ok(())
+    }
+
+    /// Every module published in the cluster, as `(name@version, hash)`.
+    pub fn modules(&self) -> Vec<(String, String)> {
+        self.records
+            .iter()
+            .filter_map(|(key, record)| match (key, record) {
+                (Key::Module(id), Record::Module { hash, .. }) => Some((id.clone(), hash.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Starts draining: not ready, sessions handed off, replicas moved away.
     pub fn drain(&mut self, now: u64) {
         if self.draining.is_none() {

@@ -148,3 +148,56 @@ fn a_scenario_with_a_typo_says_where() {
     assert!(error.contains("line 2"), "{error}");
     assert!(error.contains("explode"), "{error}");
 }
+
+#[test]
+fn a_module_published_on_one_node_is_listed_by_all() {
+    use baton_cluster::{ClusterNode, Config, Message, NodeId};
+    let ids: Vec<NodeId> = (0..3)
+        .map(|i| NodeId {
+            name: format!("n{i}"),
+            boot: i,
+        })
+        .collect();
+    let mut nodes: Vec<ClusterNode> = ids
+        .iter()
+        .map(|id| ClusterNode::new(id.clone(), Config::default(), 1, 100, Default::default(), 0))
+        .collect();
+    for node in &mut nodes {
+        for id in &ids {
+            node.add_peer(id.clone());
+        }
+    }
+    nodes[0]
+        .publish_module("minotaur@1.0.0", "ab12", 1, 0)
+        .expect("publish");
+    assert!(
+        nodes[0]
+            .publish_module("minotaur@1.0.0", "ff00", 1, 0)
+            .is_err(),
+        "other bytes under the same id"
+    );
+    // Deliver everything, in rounds, until quiet.
+    for now in (0..2_000).step_by(50) {
+        let mut mail: Vec<(NodeId, NodeId, Message)> = Vec::new();
+        for node in &mut nodes {
+            node.tick(now);
+            let from = node.id().clone();
+            mail.extend(
+                node.poll_transmit()
+                    .into_iter()
+                    .map(|(to, m)| (from.clone(), to, m)),
+            );
+        }
+        for (from, to, message) in mail {
+            if let Some(node) = nodes.iter_mut().find(|n| *n.id() == to) {
+                node.handle(from, message, now);
+            }
+        }
+    }
+    for node in &nodes {
+        assert_eq!(
+            node.modules(),
+            vec![("minotaur@1.0.0".to_owned(), "ab12".to_owned())]
+        );
+    }
+}
