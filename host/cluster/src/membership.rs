@@ -108,6 +108,11 @@ impl Membership {
         self.peers.get(id).is_some_and(|p| p.up)
     }
 
+    /// Whether `id` is up and takes sessions.
+    pub fn is_ready(&self, id: &NodeId) -> bool {
+        self.peers.get(id).is_some_and(|p| p.up && p.info.ready)
+    }
+
     /// The nodes up, with what they advertised.
     pub fn up(&self) -> impl Iterator<Item = (&NodeId, &NodeInfo)> {
         self.peers

@@ -619,6 +619,13 @@ impl ClusterNode {
         self.outbox.push((to, message));
     }
 
+    fn journal_len(&self, session: &str) -> u64 {
+        self.durable
+            .journals
+            .get(session)
+            .map_or(0, |j| j.len() as u64)
+    }
+
     fn known_epoch(&self, session: &str) -> u64 {
         self.durable.epochs.get(session).copied().unwrap_or(0)
     }
@@ -1314,17 +1321,13 @@ impl ClusterNode {
             h.held = len;
             return;
         }
+        let journal_len = self.journal_len(session);
         let Some(Role::Owner(o)) = self.roles.get_mut(session) else {
             return;
         };
         if o.epoch != epoch {
             return;
         }
-        let journal_len = self
-            .durable
-            .journals
-            .get(session)
-            .map_or(0, |j| j.len() as u64);
         if replica && from.name == o.replica {
             if o.epoch == 1 && o.lease_until == 0 {
                 self.events.push(Event::Started {
@@ -1431,10 +1434,7 @@ impl ClusterNode {
         let Some(m) = o.moving.clone() else {
             return;
         };
-        let usable = self
-            .membership
-            .up()
-            .any(|(id, info)| *id == m.to && info.ready);
+        let usable = self.membership.is_ready(&m.to);
         self.durable.designating.remove(session);
         let Some(Role::Owner(o)) = self.roles.get_mut(session) else {
             return;
@@ -1704,11 +1704,7 @@ impl ClusterNode {
         let Some(Role::Owner(o)) = self.roles.get(session) else {
             return;
         };
-        let len = self
-            .durable
-            .journals
-            .get(session)
-            .map_or(0, |j| j.len() as u64);
+        let len = self.journal_len(session);
         let mut out = Vec::new();
         let replica = self.membership.by_name(&o.replica).cloned();
         if let Some(replica) = replica
@@ -1860,26 +1856,18 @@ impl ClusterNode {
     }
 
     fn advance_move(&mut self, session: &str, now: u64) {
-        let journal_len = self
-            .durable
-            .journals
-            .get(session)
-            .map_or(0, |j| j.len() as u64);
+        let journal_len = self.journal_len(session);
         let Some(Role::Owner(o)) = self.roles.get_mut(session) else {
             return;
         };
         let Some(m) = o.moving.as_mut() else {
             return;
         };
-        // A target lost before the transfer: start over with another. After
-        // the transfer was sent it may own the session already, so this node
-        // stays fenced; the session fails over to its replica if need be.
-        // A target that went down or started draining: start over with
-        // another, and let a draining one drop its copy.
-        let target_ready = self
-            .membership
-            .up()
-            .any(|(id, info)| *id == m.to && info.ready);
+        // A target that went down or started draining before the transfer:
+        // start over with another, and let a draining one drop its copy.
+        // After the transfer went out it may own the session already, so
+        // this node stays fenced; the session fails over if need be.
+        let target_ready = self.membership.is_ready(&m.to);
         if !target_ready && m.stage == Stage::Syncing {
             let to = m.to.clone();
             let epoch = o.epoch;
