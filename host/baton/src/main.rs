@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod certs_cmd;
 mod client;
 mod module_cmd;
 mod serve;
@@ -31,6 +32,9 @@ enum Command {
     /// Create, list, show, view, play, watch and replay sessions on a node.
     #[command(subcommand)]
     Session(session_cmd::SessionCommand),
+    /// Create a cluster CA and node certificates (development and tests).
+    #[command(subcommand)]
+    Certs(certs_cmd::CertsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,5 +103,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             session_cmd::list_modules(&client::Client::new(&cli.node))
         }
         Command::Session(command) => session_cmd::run(&client::Client::new(&cli.node), command),
+        Command::Certs(command) => certs_cmd::run(command),
     }
 }

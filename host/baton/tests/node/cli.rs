@@ -131,3 +131,42 @@ fn a_game_from_the_command_line_and_a_local_replay_of_it() {
         .unwrap();
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("baton "));
 }
+
+#[test]
+fn certs_for_a_cluster_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let certs = dir.path().join("certs");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .arg("certs")
+            .args(args)
+            .arg("--dir")
+            .arg(&certs)
+            .output()
+            .expect("baton certs")
+    };
+    ok(&run(&["ca"]));
+    ok(&run(&["node", "node-1"]));
+    let again = run(&["ca"]);
+    assert!(
+        !again.status.success(),
+        "a second CA would orphan the node certificates"
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let bad = run(&["node", "Node_1"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a valid node name"));
+    // What it wrote is a working identity for that node.
+    baton_transport::Identity::from_files(
+        "node-1",
+        &certs.join("node-1.pem"),
+        &certs.join("node-1.key"),
+        &certs.join("ca.pem"),
+    )
+    .expect("the files form an identity");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(certs.join("node-1.key"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "keys are private to their owner");
+}
