@@ -24,7 +24,25 @@ pub struct Peer {
 #[derive(Debug)]
 pub struct Transport {
     endpoint: quinn::Endpoint,
-    client: RwLock<(Arc<Identity>, quinn::ClientConfig)>,
+    client: RwLock<Dialer>,
+}
+
+/// What dialing needs, swapped as a whole on reload.
+#[derive(Debug)]
+struct Dialer {
+    identity: Arc<Identity>,
+    named: quinn::ClientConfig,
+    any: quinn::ClientConfig,
+}
+
+impl Dialer {
+    fn new(identity: Identity) -> Result<Self, TransportError> {
+        Ok(Dialer {
+            named: identity.client_config()?,
+            any: identity.any_node_config()?,
+            identity: Arc::new(identity),
+        })
+    }
 }
 
 fn version(connection: &quinn::Connection) -> String {
@@ -36,15 +54,23 @@ fn version(connection: &quinn::Connection) -> String {
         .unwrap_or_default()
 }
 
+/// The node name in a connection's verified peer certificate.
+fn peer_name(connection: &quinn::Connection) -> Option<String> {
+    connection
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().map(dns_names))
+        .and_then(|names| names.into_iter().next())
+}
+
 impl Transport {
     /// Listens on `addr` (UDP) as `identity`. Must run inside a tokio runtime.
     pub fn bind(addr: SocketAddr, identity: Identity) -> Result<Self, TransportError> {
         let server = identity.server_config()?;
-        let client = identity.client_config()?;
         let endpoint = quinn::Endpoint::server(server, addr)?;
         Ok(Transport {
             endpoint,
-            client: RwLock::new((Arc::new(identity), client)),
+            client: RwLock::new(Dialer::new(identity)?),
         })
     }
 
@@ -57,7 +83,7 @@ impl Transport {
     pub fn name(&self) -> String {
         self.client
             .read()
-            .map(|c| c.0.name().to_owned())
+            .map(|c| c.identity.name().to_owned())
             .unwrap_or_default()
     }
 
@@ -65,10 +91,10 @@ impl Transport {
     /// restart: new connections use it; open ones keep theirs.
     pub fn reload(&self, identity: Identity) -> Result<(), TransportError> {
         let server = identity.server_config()?;
-        let client = identity.client_config()?;
+        let dialer = Dialer::new(identity)?;
         self.endpoint.set_server_config(Some(server));
         if let Ok(mut current) = self.client.write() {
-            *current = (Arc::new(identity), client);
+            *current = dialer;
         }
         Ok(())
     }
@@ -76,17 +102,39 @@ impl Transport {
     /// Dials node `name` at `addr`. The peer must present a certificate for
     /// `name` from the cluster CA, and accept ours.
     pub async fn connect(&self, addr: SocketAddr, name: &str) -> Result<Peer, TransportError> {
-        let config = self
-            .client
-            .read()
-            .map(|c| c.1.clone())
-            .map_err(|_| TransportError::Certificate("identity lock poisoned".into()))?;
+        let config = self.dialer(|d| d.named.clone())?;
         let connection = self.endpoint.connect_with(config, addr, name)?.await?;
         Ok(Peer {
             name: name.to_owned(),
             version: version(&connection),
             connection,
         })
+    }
+
+    /// Dials whatever node answers at `addr` (a seed, a DNS answer): its
+    /// certificate must come from the cluster CA, and names it.
+    pub async fn dial(&self, addr: SocketAddr) -> Result<Peer, TransportError> {
+        let config = self.dialer(|d| d.any.clone())?;
+        // This dialer checks the name the certificate carries, not this one.
+        let connection = self
+            .endpoint
+            .connect_with(config, addr, "baton-node")?
+            .await?;
+        let name = peer_name(&connection).ok_or_else(|| {
+            TransportError::Certificate("the peer's certificate names no node".into())
+        })?;
+        Ok(Peer {
+            name,
+            version: version(&connection),
+            connection,
+        })
+    }
+
+    fn dialer<T>(&self, pick: impl FnOnce(&Dialer) -> T) -> Result<T, TransportError> {
+        self.client
+            .read()
+            .map(|d| pick(&d))
+            .map_err(|_| TransportError::Certificate("identity lock poisoned".into()))
     }
 
     /// The next peer that connected and passed the handshake; `None` once
@@ -99,12 +147,7 @@ impl Transport {
             let Ok(connection) = incoming.await else {
                 continue;
             };
-            let name = connection
-                .peer_identity()
-                .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
-                .and_then(|chain| chain.first().map(dns_names))
-                .and_then(|names| names.into_iter().next());
-            let Some(name) = name else {
+            let Some(name) = peer_name(&connection) else {
                 connection.close(1u32.into(), b"no node name in the certificate");
                 continue;
             };

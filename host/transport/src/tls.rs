@@ -112,6 +112,7 @@ impl Identity {
         // match or a chain the CA did not sign.
         identity.server_crypto()?;
         identity.client_crypto()?;
+        identity.any_node_crypto()?;
         Ok(identity)
     }
 
@@ -165,6 +166,36 @@ impl Identity {
         Ok(config)
     }
 
+    /// For dialing an address whose node name is not known yet (a seed, a
+    /// DNS answer): the peer's chain must lead to the cluster CA, and its
+    /// name is whatever its certificate says.
+    fn any_node_crypto(&self) -> Result<rustls::ClientConfig, TransportError> {
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            self.roots.clone(),
+            provider(),
+        )
+        .build()
+        .map_err(|e| TransportError::Certificate(format!("the CA: {e}")))?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyClusterNode(inner)))
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = Self::alpn();
+        config.enable_early_data = false;
+        Ok(config)
+    }
+
+    pub(crate) fn any_node_config(&self) -> Result<quinn::ClientConfig, TransportError> {
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(self.any_node_crypto()?)
+            .map_err(|e| {
+                TransportError::Certificate(format!("QUIC needs TLS 1.3 cipher suites: {e}"))
+            })?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Self::transport());
+        Ok(config)
+    }
+
     fn transport() -> Arc<quinn::TransportConfig> {
         let mut transport = quinn::TransportConfig::default();
         transport
@@ -194,5 +225,53 @@ impl Identity {
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Self::transport());
         Ok(config)
+    }
+}
+
+/// Verifies a server's chain against the cluster CA for the name its own
+/// certificate carries (the CA vouches for that name); used when dialing an
+/// address before knowing which node answers there.
+#[derive(Debug)]
+struct AnyClusterNode(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyClusterNode {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let name = dns_names(end_entity)
+            .into_iter()
+            .next()
+            .ok_or_else(|| rustls::Error::General("the peer's certificate names no node".into()))?;
+        let name = rustls::pki_types::ServerName::try_from(name)
+            .map_err(|e| rustls::Error::General(format!("the peer's node name: {e}")))?;
+        self.0
+            .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }

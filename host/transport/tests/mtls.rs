@@ -184,3 +184,36 @@ fn identities_refuse_wrong_names_and_mismatched_keys() {
     Identity::from_pem("node-c", &c.cert_pem, &c.key_pem, &files.cert_pem)
         .expect("a certificate from the reloaded CA");
 }
+
+#[tokio::test]
+async fn a_seed_address_is_dialed_without_knowing_its_name() {
+    let ca = Authority::generate("test cluster").expect("ca");
+    let stranger_ca = Authority::generate("someone else").expect("ca");
+    let a = bind(identity(&ca, "node-a"));
+    let b = bind(identity(&ca, "node-b"));
+    let b_addr = b.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let peer = b.accept().await.expect("peer");
+        let name = peer.name.clone();
+        let _ = peer.connection.closed().await;
+        name
+    });
+    let peer = a.dial(b_addr).await.expect("dial");
+    assert_eq!(peer.name, "node-b", "named by its certificate");
+    peer.connection.close(0u32.into(), b"done");
+    assert_eq!(server.await.expect("server"), "node-a");
+    // A server from another CA is not taken for a cluster node.
+    let issued = stranger_ca.issue("node-x").expect("issue");
+    let x = bind(
+        Identity::from_pem(
+            "node-x",
+            &issued.cert_pem,
+            &issued.key_pem,
+            &stranger_ca.files().cert_pem,
+        )
+        .expect("identity"),
+    );
+    let x_addr = x.local_addr().expect("addr");
+    tokio::spawn(async move { x.accept().await });
+    assert!(a.dial(x_addr).await.is_err(), "dialed a node of another CA");
+}
