@@ -156,7 +156,7 @@ pub struct Handed {
 }
 
 /// Messages between nodes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// Membership: alive, with what the sender advertises.
     Heartbeat(NodeInfo),

@@ -10,14 +10,19 @@
 //! - [`endpoint`]: [`Transport`], one quinn endpoint per node that dials and
 //!   accepts; a peer is known by the name its verified certificate carries.
 //!   Identities reload without a restart.
+//! - [`mesh`]: [`Mesh`], the tokio driver of the cluster core
+//!   ([`baton_cluster::ClusterNode`]): discovery from seeds, one stream per
+//!   lane (control, records, journal) with bounded queues.
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod certs;
 pub mod endpoint;
+pub mod mesh;
 pub mod tls;
 
 pub use endpoint::{Peer, Transport};
+pub use mesh::{Mesh, MeshConfig};
 pub use tls::{Identity, WIRE_VERSIONS};
 
 /// Everything that can go wrong on the wire, said so that an operator knows
