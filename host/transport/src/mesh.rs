@@ -177,18 +177,11 @@ impl Mesh {
         let name = identity.name().to_owned();
         let transport = Arc::new(Transport::bind(config.listen, identity)?);
         let addr = transport.local_addr()?;
-        let boot = {
-            let mut bytes = [0u8; 8];
-            // Distinct per process start; no secrecy needed.
-            let t = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            bytes.copy_from_slice(
-                &(t ^ u64::from(std::process::id()).rotate_left(32) ^ addr.port() as u64)
-                    .to_le_bytes(),
-            );
-            u64::from_le_bytes(bytes)
-        };
+        // Distinct per process start (time, pid, port); no secrecy needed.
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let boot = nanos ^ u64::from(std::process::id()).rotate_left(32) ^ u64::from(addr.port());
         let id = NodeId {
             name: name.clone(),
             boot,
