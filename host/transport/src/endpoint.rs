@@ -38,8 +38,8 @@ struct Dialer {
 impl Dialer {
     fn new(identity: Identity) -> Result<Self, TransportError> {
         Ok(Dialer {
-            named: identity.client_config()?,
-            any: identity.any_node_config()?,
+            named: identity.client_config(false)?,
+            any: identity.client_config(true)?,
             identity: Arc::new(identity),
         })
     }

@@ -111,8 +111,8 @@ impl Identity {
         // Fail now, not at the first handshake, on a key that does not
         // match or a chain the CA did not sign.
         identity.server_crypto()?;
-        identity.client_crypto()?;
-        identity.any_node_crypto()?;
+        identity.client_crypto(false)?;
+        identity.client_crypto(true)?;
         Ok(identity)
     }
 
@@ -156,43 +156,29 @@ impl Identity {
         Ok(config)
     }
 
-    fn client_crypto(&self) -> Result<rustls::ClientConfig, TransportError> {
-        let mut config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(self.roots.clone())
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+    /// The dialing side. `any_node`: for an address whose node name is not
+    /// known yet (a seed, a DNS answer), the peer's chain must lead to the
+    /// cluster CA and its name is whatever its certificate says; otherwise
+    /// it must be the name dialed.
+    fn client_crypto(&self, any_node: bool) -> Result<rustls::ClientConfig, TransportError> {
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?;
+        let builder = if any_node {
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                self.roots.clone(),
+                provider(),
+            )
+            .build()
+            .map_err(|e| TransportError::Certificate(format!("the CA: {e}")))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyClusterNode(inner)))
+        } else {
+            builder.with_root_certificates(self.roots.clone())
+        };
+        let mut config = builder.with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
         config.alpn_protocols = Self::alpn();
         config.enable_early_data = false;
-        Ok(config)
-    }
-
-    /// For dialing an address whose node name is not known yet (a seed, a
-    /// DNS answer): the peer's chain must lead to the cluster CA, and its
-    /// name is whatever its certificate says.
-    fn any_node_crypto(&self) -> Result<rustls::ClientConfig, TransportError> {
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            self.roots.clone(),
-            provider(),
-        )
-        .build()
-        .map_err(|e| TransportError::Certificate(format!("the CA: {e}")))?;
-        let mut config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyClusterNode(inner)))
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
-        config.alpn_protocols = Self::alpn();
-        config.enable_early_data = false;
-        Ok(config)
-    }
-
-    pub(crate) fn any_node_config(&self) -> Result<quinn::ClientConfig, TransportError> {
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(self.any_node_crypto()?)
-            .map_err(|e| {
-                TransportError::Certificate(format!("QUIC needs TLS 1.3 cipher suites: {e}"))
-            })?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Self::transport());
         Ok(config)
     }
 
@@ -217,11 +203,15 @@ impl Identity {
         Ok(config)
     }
 
-    pub(crate) fn client_config(&self) -> Result<quinn::ClientConfig, TransportError> {
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(self.client_crypto()?)
-            .map_err(|e| {
-                TransportError::Certificate(format!("QUIC needs TLS 1.3 cipher suites: {e}"))
-            })?;
+    pub(crate) fn client_config(
+        &self,
+        any_node: bool,
+    ) -> Result<quinn::ClientConfig, TransportError> {
+        let crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(self.client_crypto(any_node)?)
+                .map_err(|e| {
+                    TransportError::Certificate(format!("QUIC needs TLS 1.3 cipher suites: {e}"))
+                })?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Self::transport());
         Ok(config)
