@@ -9,8 +9,8 @@
 
 use std::time::{Duration, Instant};
 
+use baton_transport::Transport;
 use baton_transport::certs::Authority;
-use baton_transport::{Identity, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PAYLOAD: usize = 2 << 20;
@@ -38,27 +38,16 @@ fn report(label: &str, mut times: Vec<Duration>, cpu: f64) {
     );
 }
 
-fn identity(ca: &Authority, name: &str) -> Identity {
-    let issued = ca.issue(name).expect("issue");
-    Identity::from_pem(
-        name,
-        &issued.cert_pem,
-        &issued.key_pem,
-        &ca.files().cert_pem,
-    )
-    .expect("identity")
-}
-
 async fn quic(iterations: usize, payload: &[u8]) -> (Vec<Duration>, f64) {
     let ca = Authority::generate("bench").expect("ca");
     let a = Transport::bind(
         "127.0.0.1:0".parse().expect("addr"),
-        identity(&ca, "node-a"),
+        ca.identity("node-a").expect("identity"),
     )
     .expect("bind");
     let b = Transport::bind(
         "127.0.0.1:0".parse().expect("addr"),
-        identity(&ca, "node-b"),
+        ca.identity("node-b").expect("identity"),
     )
     .expect("bind");
     let addr = b.local_addr().expect("addr");

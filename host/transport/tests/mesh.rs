@@ -22,9 +22,13 @@ fn identity(ca: &Authority, trusted: &Authority, name: &str) -> Identity {
 
 async fn mesh(ca: &Authority, name: &str, seeds: Vec<std::net::SocketAddr>) -> Mesh {
     let config = MeshConfig::new("127.0.0.1:0".parse().expect("addr"), seeds);
-    Mesh::start(identity(ca, ca, name), config, Durable::default())
-        .await
-        .expect("start")
+    Mesh::start(
+        ca.identity(name).expect("identity"),
+        config,
+        Durable::default(),
+    )
+    .await
+    .expect("start")
 }
 
 /// Waits until `done` holds for the events seen so far, or panics after `limit`.

@@ -5,17 +5,6 @@ use std::time::Duration;
 use baton_transport::certs::Authority;
 use baton_transport::{Identity, Transport, TransportError};
 
-fn identity(ca: &Authority, name: &str) -> Identity {
-    let issued = ca.issue(name).expect("issue");
-    Identity::from_pem(
-        name,
-        &issued.cert_pem,
-        &issued.key_pem,
-        &ca.files().cert_pem,
-    )
-    .expect("identity")
-}
-
 fn bind(identity: Identity) -> Transport {
     Transport::bind("127.0.0.1:0".parse().expect("addr"), identity).expect("bind")
 }
@@ -23,8 +12,8 @@ fn bind(identity: Identity) -> Transport {
 #[tokio::test]
 async fn nodes_of_one_ca_connect_and_know_each_other_by_name() {
     let ca = Authority::generate("test cluster").expect("ca");
-    let a = bind(identity(&ca, "node-a"));
-    let b = bind(identity(&ca, "node-b"));
+    let a = bind(ca.identity("node-a").expect("identity"));
+    let b = bind(ca.identity("node-b").expect("identity"));
     let b_addr = b.local_addr().expect("addr");
     let server = tokio::spawn(async move {
         let peer = b.accept().await.expect("a peer");
@@ -55,7 +44,7 @@ async fn nodes_of_one_ca_connect_and_know_each_other_by_name() {
 async fn a_node_of_another_ca_can_neither_join_nor_send_anything() {
     let ca = Authority::generate("test cluster").expect("ca");
     let stranger_ca = Authority::generate("someone else").expect("ca");
-    let b = bind(identity(&ca, "node-b"));
+    let b = bind(ca.identity("node-b").expect("identity"));
     let b_addr = b.local_addr().expect("addr");
     // Its own view trusts our CA, but its certificate is from another one.
     let issued = stranger_ca.issue("node-x").expect("issue");
@@ -94,8 +83,8 @@ async fn a_node_of_another_ca_can_neither_join_nor_send_anything() {
 #[tokio::test]
 async fn a_peer_with_another_nodes_name_is_refused() {
     let ca = Authority::generate("test cluster").expect("ca");
-    let a = bind(identity(&ca, "node-a"));
-    let b = bind(identity(&ca, "node-b"));
+    let a = bind(ca.identity("node-a").expect("identity"));
+    let b = bind(ca.identity("node-b").expect("identity"));
     let b_addr = b.local_addr().expect("addr");
     tokio::spawn(async move { b.accept().await });
     let error = a
@@ -109,8 +98,8 @@ async fn a_peer_with_another_nodes_name_is_refused() {
 async fn an_identity_reloads_without_a_restart() {
     let ca = Authority::generate("old ca").expect("ca");
     let new_ca = Authority::generate("new ca").expect("ca");
-    let a = bind(identity(&ca, "node-a"));
-    let b = bind(identity(&ca, "node-b"));
+    let a = bind(ca.identity("node-a").expect("identity"));
+    let b = bind(ca.identity("node-b").expect("identity"));
     let b_addr = b.local_addr().expect("addr");
     let b = std::sync::Arc::new(b);
     let acceptor = {
@@ -132,13 +121,15 @@ async fn an_identity_reloads_without_a_restart() {
         .await
         .expect("connect before the rotation");
     // Rotate both to the new CA, in place.
-    b.reload(identity(&new_ca, "node-b")).expect("reload b");
+    b.reload(new_ca.identity("node-b").expect("identity"))
+        .expect("reload b");
     let old_a = a.connect(b_addr, "node-b").await;
     assert!(
         old_a.is_err(),
         "node-b still trusts the old CA after reloading"
     );
-    a.reload(identity(&new_ca, "node-a")).expect("reload a");
+    a.reload(new_ca.identity("node-a").expect("identity"))
+        .expect("reload a");
     let second = a
         .connect(b_addr, "node-b")
         .await
@@ -189,8 +180,8 @@ fn identities_refuse_wrong_names_and_mismatched_keys() {
 async fn a_seed_address_is_dialed_without_knowing_its_name() {
     let ca = Authority::generate("test cluster").expect("ca");
     let stranger_ca = Authority::generate("someone else").expect("ca");
-    let a = bind(identity(&ca, "node-a"));
-    let b = bind(identity(&ca, "node-b"));
+    let a = bind(ca.identity("node-a").expect("identity"));
+    let b = bind(ca.identity("node-b").expect("identity"));
     let b_addr = b.local_addr().expect("addr");
     let server = tokio::spawn(async move {
         let peer = b.accept().await.expect("peer");
