@@ -404,8 +404,6 @@ struct Handing {
     /// The epoch offered with the latest transfer: a retry with another
     /// node offers a higher one, so two attempts never share an epoch.
     epoch: u64,
-    /// Whether a transfer went out (it may have landed: no turning back).
-    offered: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -1627,7 +1625,6 @@ impl ClusterNode {
                     to,
                     held: 0,
                     epoch: floor + 1,
-                    offered: false,
                 }
             }
         };
@@ -1656,9 +1653,7 @@ impl ClusterNode {
             );
             return;
         }
-        if let Some(h) = self.handing.get_mut(session) {
-            h.offered = true;
-        }
+        // A transfer going out may land: from here there is no turning back.
         if let Some(h) = self.durable.handed.get_mut(session) {
             h.offered = h.offered.max(handing.epoch);
         }
