@@ -109,19 +109,47 @@ pub struct SessionRecord {
     pub module: String,
     /// The module's content hash.
     pub module_hash: String,
+    /// The host's own record of the session (players, limits), opaque here.
+    pub meta: Vec<u8>,
     /// Snapshot format version.
     pub format: u32,
     /// Journal position of the latest snapshot.
     pub snapshot_seq: u64,
 }
 
-/// One journal entry: the epoch it was applied in and the client's action.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What a new session runs, for its record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewSession {
+    /// The module, `name@version`.
+    pub module: String,
+    /// The module's content hash.
+    pub module_hash: String,
+    /// The host's own record of the session.
+    pub meta: Vec<u8>,
+}
+
+/// One journal entry: the epoch it was applied in and the action's bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JournalEntry {
     /// Epoch of the owner that applied it.
     pub epoch: u64,
-    /// The action (an id standing for its bytes).
-    pub action: u64,
+    /// The action, opaque to the protocol: an encoded runtime journal entry
+    /// on a real node, an id in the simulation.
+    pub action: Vec<u8>,
+}
+
+/// A change to [`Durable::journals`] that the host must write to its store:
+/// the journal is `len` long and `entries` replace what stood from `from`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalChange {
+    /// The session.
+    pub session: String,
+    /// Index (0-based) of the first entry that changed.
+    pub from: u64,
+    /// The entries from `from` on.
+    pub entries: Vec<JournalEntry>,
+    /// The journal's length now.
+    pub len: u64,
 }
 
 /// What a node keeps in its store: all that survives a crash.
@@ -279,7 +307,7 @@ pub enum Message {
         /// The session.
         session: String,
         /// The action.
-        action: u64,
+        action: Vec<u8>,
     },
 }
 
@@ -295,7 +323,7 @@ pub enum Event {
         /// Journal position.
         seq: u64,
         /// The action.
-        action: u64,
+        action: Vec<u8>,
     },
     /// An applied action is durable on the replica: acknowledge the client.
     Acked {
@@ -306,14 +334,14 @@ pub enum Event {
         /// Journal position.
         seq: u64,
         /// The action.
-        action: u64,
+        action: Vec<u8>,
     },
     /// An action was not applied.
     Refused {
         /// The session.
         session: String,
         /// The action.
-        action: u64,
+        action: Vec<u8>,
         /// Why.
         reason: String,
     },
@@ -367,7 +395,7 @@ struct Owning {
     replica_next: u64,
     lease_until: u64,
     last_sent: Option<u64>,
-    pending: BTreeMap<u64, u64>,
+    pending: BTreeMap<u64, Vec<u8>>,
     fenced: bool,
     moving: Option<Move>,
 }
@@ -447,6 +475,8 @@ pub struct ClusterNode {
     /// Peers whose records this boot has joined at least once.
     synced_from: BTreeSet<NodeId>,
     last_heartbeat: Option<u64>,
+    /// Per session, the first journal index changed since the host took them.
+    changed: BTreeMap<String, u64>,
     outbox: Vec<(NodeId, Message)>,
     events: Vec<Event>,
 }
@@ -501,6 +531,7 @@ impl ClusterNode {
             synced_from: BTreeSet::new(),
             handing: BTreeMap::new(),
             last_heartbeat: None,
+            changed: BTreeMap::new(),
             outbox: Vec::new(),
             events: Vec::new(),
         }
@@ -677,18 +708,11 @@ impl ClusterNode {
 
     // --- inputs -------------------------------------------------------------
 
-    /// Places and records a new session. Refused without a second ready
-    /// node, since every session needs a replica.
-    pub fn create(
-        &mut self,
-        session: &str,
-        module: &str,
-        now: u64,
-    ) -> Result<SessionRecord, String> {
-        if self.record(session).is_some() {
-            return Err(format!("session {session} exists"));
-        }
-        let me = NodeInfo { ..self.info() };
+    /// Where a new session goes: `(owner, replica)` by rendezvous over the
+    /// ready nodes of the newest version, this one included. Refused
+    /// without a second ready node, since every session needs a replica.
+    pub fn place(&self, session: &str) -> Result<(NodeId, NodeId), String> {
+        let me = self.info();
         let mut nodes: Vec<(&NodeId, &NodeInfo)> = self
             .membership
             .up()
@@ -700,12 +724,63 @@ impl ClusterNode {
             .ok_or_else(|| "no ready node to place the session on".to_owned())?;
         let replica = replica
             .ok_or_else(|| "a session needs two ready nodes (owner and replica)".to_owned())?;
-        let record = SessionRecord {
-            owner: owner.clone(),
-            epoch: 1,
-            replica: replica.name.clone(),
+        Ok((owner.clone(), replica.clone()))
+    }
+
+    /// Places and records a new session (see [`ClusterNode::place`]).
+    pub fn create(
+        &mut self,
+        session: &str,
+        module: &str,
+        now: u64,
+    ) -> Result<SessionRecord, String> {
+        let (owner, replica) = self.place(session)?;
+        let new = NewSession {
             module: module.to_owned(),
-            module_hash: String::new(),
+            ..NewSession::default()
+        };
+        self.record_new(session, new, owner, replica.name, now)
+    }
+
+    /// Records a new session owned by this node, with the best-placed other
+    /// ready node as its replica: for a host that forwarded the creation to
+    /// where [`ClusterNode::place`] put it. It serves once
+    /// [`Event::Started`] says the replica answered.
+    pub fn create_here(
+        &mut self,
+        session: &str,
+        new: NewSession,
+        now: u64,
+    ) -> Result<SessionRecord, String> {
+        if self.draining.is_some() {
+            return Err("this node is draining".to_owned());
+        }
+        let candidates = self.replica_candidates();
+        let replica = placement::rank(session, &candidates)
+            .first()
+            .map(|id| id.name.clone())
+            .ok_or_else(|| "a session needs two ready nodes (owner and replica)".to_owned())?;
+        self.record_new(session, new, self.id.clone(), replica, now)
+    }
+
+    fn record_new(
+        &mut self,
+        session: &str,
+        new: NewSession,
+        owner: NodeId,
+        replica: String,
+        now: u64,
+    ) -> Result<SessionRecord, String> {
+        if self.record(session).is_some() {
+            return Err(format!("session {session} exists"));
+        }
+        let record = SessionRecord {
+            owner,
+            epoch: 1,
+            replica,
+            module: new.module,
+            module_hash: new.module_hash,
+            meta: new.meta,
             format: 1,
             snapshot_seq: 0,
         };
@@ -812,44 +887,88 @@ impl ClusterNode {
         self.peers.retain(|p| p.name != name);
     }
 
-    /// A client's action for `session`.
-    pub fn act(&mut self, session: &str, action: u64, now: u64) {
+    /// A client's action for `session`: applied and reported as
+    /// [`Event::Applied`], or [`Event::Refused`].
+    pub fn act(&mut self, session: &str, action: Vec<u8>, now: u64) {
+        match self.append(session, action.clone(), now) {
+            Ok((epoch, seq)) => self.events.push(Event::Applied {
+                session: session.to_owned(),
+                epoch,
+                seq,
+                action,
+            }),
+            Err(reason) => self.events.push(Event::Refused {
+                session: session.to_owned(),
+                action,
+                reason,
+            }),
+        }
+    }
+
+    /// Appends an entry to an owned session's journal under a valid lease
+    /// and starts replicating it: its `(epoch, seq)`, or why not. The
+    /// replica's acknowledgement comes as [`Event::Acked`].
+    pub fn append(
+        &mut self,
+        session: &str,
+        action: Vec<u8>,
+        now: u64,
+    ) -> Result<(u64, u64), String> {
         let ignore = self.config.unsafe_ignore_fencing;
-        let refuse = |reason: String| Event::Refused {
-            session: session.to_owned(),
-            action,
-            reason,
-        };
         let known = self.known_epoch(session);
         let Some(Role::Owner(owning)) = self.roles.get_mut(session) else {
-            let owner = self.record(session).map(|r| r.owner.to_string());
-            self.events.push(refuse(match owner {
-                Some(owner) => format!("not the owner; {owner} is"),
+            return Err(match self.record(session) {
+                Some(record) => format!("not the owner; {} is", record.owner),
                 None => "no such session".to_owned(),
-            }));
-            return;
+            });
         };
         if !ignore && (owning.fenced || owning.lease_until <= now || owning.epoch < known) {
-            let reason = if owning.fenced {
+            return Err(if owning.fenced {
                 "the session is moving; retry on its new owner"
             } else {
                 "no valid lease; retry shortly"
-            };
-            self.events.push(refuse(reason.to_owned()));
-            return;
+            }
+            .to_owned());
         }
         let epoch = owning.epoch;
         let journal = self.durable.journals.entry(session.to_owned()).or_default();
-        journal.push(JournalEntry { epoch, action });
+        journal.push(JournalEntry {
+            epoch,
+            action: action.clone(),
+        });
         let seq = journal.len() as u64;
         owning.pending.insert(seq, action);
-        self.events.push(Event::Applied {
-            session: session.to_owned(),
-            epoch,
-            seq,
-            action,
-        });
+        self.touched(session, seq - 1);
         self.replicate(session, now, false);
+        Ok((epoch, seq))
+    }
+
+    /// Notes that `session`'s journal changed from index `from` on.
+    fn touched(&mut self, session: &str, from: u64) {
+        let at = self.changed.entry(session.to_owned()).or_insert(from);
+        *at = (*at).min(from);
+    }
+
+    /// What changed in the journals since the last call, for the host to
+    /// write to its store. A replica's acknowledgement promises a durable
+    /// copy: the host holds it back until the change is written.
+    pub fn take_journal_changes(&mut self) -> Vec<JournalChange> {
+        std::mem::take(&mut self.changed)
+            .into_iter()
+            .map(|(session, from)| {
+                let journal = self
+                    .durable
+                    .journals
+                    .get(&session)
+                    .map_or(&[][..], Vec::as_slice);
+                JournalChange {
+                    from: from.min(journal.len() as u64),
+                    entries: journal.get(from as usize..).unwrap_or_default().to_vec(),
+                    len: journal.len() as u64,
+                    session,
+                }
+            })
+            .collect()
     }
 
     // --- messages -----------------------------------------------------------
@@ -1172,6 +1291,7 @@ impl ClusterNode {
         let journal = self.durable.journals.entry(session.to_owned()).or_default();
         if entries.len() >= journal.len() {
             *journal = entries;
+            self.touched(session, 0);
         }
         self.durable.complete.insert(session.to_owned(), epoch);
     }
@@ -1251,29 +1371,36 @@ impl ClusterNode {
         };
         let confirmed = if start <= confirmed {
             let journal = self.durable.journals.entry(session.clone()).or_default();
-            for (i, entry) in entries.iter().enumerate() {
+            let mut changed = None;
+            let sent = entries.len() as u64;
+            for (i, entry) in entries.into_iter().enumerate() {
                 let at = start as usize + i;
                 match journal.get(at) {
-                    Some(have) if have == entry => {}
+                    Some(have) if *have == entry => continue,
                     Some(_) => {
                         journal.truncate(at);
-                        journal.push(*entry);
+                        journal.push(entry);
                     }
-                    None => journal.push(*entry),
+                    None => journal.push(entry),
                 }
+                changed.get_or_insert(at as u64);
             }
             // Entries past the owner's journal from an older epoch were never
             // acknowledged: the owner's history replaces them.
             if journal.len() as u64 > len && journal[len as usize..].iter().all(|e| e.epoch < epoch)
             {
                 journal.truncate(len as usize);
+                changed = Some(changed.map_or(len, |c| c.min(len)));
+            }
+            if let Some(from) = changed {
+                self.touched(&session, from);
             }
             if as_replica {
                 self.durable.complete.insert(session.clone(), epoch);
             } else {
                 self.durable.complete.remove(&session);
             }
-            confirmed.max(start + entries.len() as u64)
+            confirmed.max(start + sent)
         } else {
             confirmed
         };
@@ -1388,8 +1515,11 @@ impl ClusterNode {
         } else {
             replica
         };
-        if let Some(journal) = self.durable.journals.get_mut(&session) {
+        if let Some(journal) = self.durable.journals.get_mut(&session)
+            && journal.len() as u64 > len
+        {
             journal.truncate(len as usize);
+            self.touched(&session, len);
         }
         record.owner = self.id.clone();
         record.epoch = epoch;

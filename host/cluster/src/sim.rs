@@ -183,7 +183,7 @@ impl Checker {
                 problems.push(format!(
                     "{node} applied at {session}#{seq} over acknowledged entry #{acked_seq}: lost"
                 ));
-            } else if journal.get(acked_seq as usize - 1).map(|e| e.action) != Some(action) {
+            } else if journal.get(acked_seq as usize - 1).map(|e| action_id(&e.action)) != Some(action) {
                 problems.push(format!(
                     "{node}'s journal of {session} lacks acknowledged entry #{acked_seq}: lost"
                 ));
@@ -205,6 +205,11 @@ impl Checker {
             _ => None,
         }
     }
+}
+
+/// The simulation's actions are numbers, carried as 8 bytes.
+fn action_id(bytes: &[u8]) -> u64 {
+    bytes.try_into().map_or(0, u64::from_le_bytes)
 }
 
 /// One simulated cluster.
@@ -575,7 +580,14 @@ impl Sim {
             if let Some(owner) = owner {
                 let action = self.next_action;
                 self.next_action += 1;
-                self.post(client(), owner, Message::Act { session, action });
+                self.post(
+                    client(),
+                    owner,
+                    Message::Act {
+                        session,
+                        action: action.to_le_bytes().to_vec(),
+                    },
+                );
             }
         }
     }
@@ -618,7 +630,7 @@ impl Sim {
                     ..
                 } => {
                     self.report.acked += 1;
-                    if let Some(p) = self.checker.acked(&session, seq, action) {
+                    if let Some(p) = self.checker.acked(&session, seq, action_id(&action)) {
                         self.violation(p);
                     }
                 }
@@ -704,7 +716,7 @@ impl Sim {
                         .cloned()
                         .unwrap_or_default();
                     for (seq, action) in acked {
-                        if journal.get(seq as usize - 1).map(|e| e.action) != Some(action) {
+                        if journal.get(seq as usize - 1).map(|e| action_id(&e.action)) != Some(action) {
                             self.violation(format!("{session}'s owner lacks acknowledged #{seq}"));
                         }
                     }
