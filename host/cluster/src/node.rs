@@ -590,6 +590,27 @@ impl ClusterNode {
         }
     }
 
+    /// Every session's record.
+    pub fn sessions(&self) -> Vec<(String, SessionRecord)> {
+        self.records
+            .iter()
+            .filter_map(|(key, record)| match (key, record) {
+                (Key::Session(id), Record::Session(r)) => Some((id.clone(), r.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Grows with every change to the replicated records.
+    pub fn records_counter(&self) -> u64 {
+        self.records.counter()
+    }
+
+    /// The nodes up now, this one excluded.
+    pub fn peers_up(&self) -> Vec<NodeId> {
+        self.membership.up().map(|(id, _)| id.clone()).collect()
+    }
+
     /// Sessions this node owns, with their epochs.
     pub fn owned(&self) -> Vec<(String, u64)> {
         self.roles

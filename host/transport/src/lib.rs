@@ -12,7 +12,8 @@
 //!   Identities reload without a restart.
 //! - [`mesh`]: [`Mesh`], the tokio driver of the cluster core
 //!   ([`baton_cluster::ClusterNode`]): discovery from seeds, one stream per
-//!   lane (control, records, journal) with bounded queues.
+//!   lane (control, records, journal) with bounded queues; journal writes
+//!   before acknowledgements; tunnels for forwarding to a session's owner.
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
@@ -22,7 +23,7 @@ pub mod mesh;
 pub mod tls;
 
 pub use endpoint::{Peer, Transport};
-pub use mesh::{Mesh, MeshConfig};
+pub use mesh::{Appended, JournalStore, Mesh, MeshConfig, Replication, Tunnel, Unpersisted};
 pub use tls::{Identity, WIRE_VERSIONS};
 
 /// Everything that can go wrong on the wire, said so that an operator knows

@@ -8,8 +8,19 @@
 //! traffic never delays a heartbeat; a full queue drops the message, which
 //! the protocol resends (it is built for a lossy network).
 //!
-//! Discovery: the node dials its seed addresses (and whatever addresses a
-//! DNS name resolves to, given as seeds) until connected; every connection
+//! Journals: every change the core makes to a journal (the owner's appends,
+//! a replica's copies) is written through the host's [`JournalStore`]; a
+//! replica's acknowledgement leaves only once its copy is written, and an
+//! owner's [`Mesh::append`] is durable once written here (`local`) or also
+//! acknowledged by the replica (`replicated`).
+//!
+//! Tunnels: the host opens bidirectional streams to a named node
+//! ([`Mesh::open`]) and receives those opened to it ([`Mesh::tunnels`]):
+//! how a node forwards a player or a creation to a session's owner.
+//!
+//! Discovery: the node dials its seeds, `host:port` names that DNS may
+//! resolve to many addresses (a Kubernetes headless service, Swarm's
+//! `tasks.<service>`), resolved again every few seconds; every connection
 //! starts with a hello per lane carrying the node's identity (name + boot),
 //! listen address and the addresses it knows, so that a cluster forms from
 //! one seed. A hello whose name differs from the certificate's closes the
@@ -17,23 +28,41 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use baton_cluster::node::{Durable, Event, Message, SessionRecord};
+use baton_cluster::node::{Durable, Event, JournalChange, Message, NewSession, SessionRecord};
 use baton_cluster::{ClusterNode, Config, NodeId};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::{Identity, Peer, Transport, TransportError};
+
+/// When an owner's journal entry counts as durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Replication {
+    /// Written on the owner's disk; the replica gets it in the background.
+    Local,
+    /// Also on the replica's disk: one round trip more, nothing lost when
+    /// the owner's machine is.
+    #[default]
+    Replicated,
+}
 
 /// How a mesh node runs.
 #[derive(Clone, Debug)]
 pub struct MeshConfig {
     /// UDP address to listen on.
     pub listen: SocketAddr,
-    /// Addresses to dial at start (seeds, DNS answers).
-    pub seeds: Vec<SocketAddr>,
+    /// Seeds to dial: `host:port`, where a DNS name may stand for many
+    /// addresses (resolved again every few seconds).
+    pub seeds: Vec<String>,
+    /// When an appended entry is durable.
+    pub replication: Replication,
+    /// How long an append waits to be durable before it is reported as
+    /// not acknowledged (the entry stays in the journal).
+    pub ack_timeout: Duration,
     /// The protocol's timings.
     pub node: Config,
     /// This host's version (new sessions go to the newest).
@@ -46,10 +75,12 @@ pub struct MeshConfig {
 
 impl MeshConfig {
     /// Defaults around a listen address and seeds.
-    pub fn new(listen: SocketAddr, seeds: Vec<SocketAddr>) -> Self {
+    pub fn new(listen: SocketAddr, seeds: impl IntoIterator<Item = impl ToString>) -> Self {
         MeshConfig {
             listen,
-            seeds,
+            seeds: seeds.into_iter().map(|s| s.to_string()).collect(),
+            replication: Replication::default(),
+            ack_timeout: Duration::from_secs(2),
             node: Config::default(),
             host_version: 1,
             capacity: 10_000,
@@ -106,9 +137,60 @@ async fn read_frame(stream: &mut quinn::RecvStream) -> Option<Frame> {
     postcard::from_bytes(&bytes).ok()
 }
 
+/// Where the mesh writes journal changes: the host's store.
+pub trait JournalStore: Send + Sync + 'static {
+    /// Writes `change` durably (entries from `change.from` replace what
+    /// stood there; the journal is `change.len` long), then calls `done`.
+    /// Changes of one session come in order and must be written in order.
+    fn write(&self, change: JournalChange, done: Box<dyn FnOnce(Result<(), String>) + Send>);
+}
+
+/// A [`JournalStore`] that writes nothing and says done at once: for tests
+/// of the mesh itself, never for a node whose acknowledgements mean durable.
+#[derive(Debug)]
+pub struct Unpersisted;
+
+impl JournalStore for Unpersisted {
+    fn write(&self, _: JournalChange, done: Box<dyn FnOnce(Result<(), String>) + Send>) {
+        done(Ok(()));
+    }
+}
+
+/// A bidirectional stream another node opened to this one.
+#[derive(Debug)]
+pub struct Tunnel {
+    /// The peer's name, from its certificate.
+    pub from: String,
+    /// Towards the peer.
+    pub send: quinn::SendStream,
+    /// From the peer.
+    pub recv: quinn::RecvStream,
+}
+
+/// Entries an owner appended: durable once [`Appended::durable`] says so.
+#[derive(Debug)]
+pub struct Appended {
+    /// The owner's epoch.
+    pub epoch: u64,
+    /// The last entry's journal position (1-based).
+    pub seq: u64,
+    durable: oneshot::Receiver<Result<(), String>>,
+}
+
+impl Appended {
+    /// Waits until the entries are durable as the replication mode asks.
+    /// An error means they were not confirmed in time (they may still be).
+    pub async fn durable(self) -> Result<(), String> {
+        self.durable
+            .await
+            .unwrap_or_else(|_| Err("the mesh stopped".into()))
+    }
+}
+
 enum Input {
     Connected(Peer),
     DialFailed(SocketAddr),
+    Resolved(Vec<SocketAddr>),
     Hello {
         name: String,
         node: NodeId,
@@ -124,22 +206,61 @@ enum Input {
     Command(Command),
 }
 
+/// A journal write finished: `(session, generation, result)`.
+type Written = (String, u64, Result<(), String>);
+
 enum Command {
+    Place {
+        session: String,
+        reply: oneshot::Sender<Result<(NodeId, NodeId), String>>,
+    },
     Create {
         session: String,
         module: String,
         reply: oneshot::Sender<Result<SessionRecord, String>>,
     },
+    CreateHere {
+        session: String,
+        new: NewSession,
+        reply: oneshot::Sender<Result<SessionRecord, String>>,
+    },
+    Append {
+        session: String,
+        entries: Vec<Vec<u8>>,
+        reply: oneshot::Sender<Result<Appended, String>>,
+    },
     Act {
         session: String,
-        action: u64,
+        action: Vec<u8>,
+    },
+    Journal {
+        session: String,
+        reply: oneshot::Sender<Vec<Vec<u8>>>,
     },
     Record {
         session: String,
         reply: oneshot::Sender<Option<SessionRecord>>,
     },
+    Sessions {
+        reply: oneshot::Sender<Vec<(String, SessionRecord)>>,
+    },
     Owned {
         reply: oneshot::Sender<Vec<(String, u64)>>,
+    },
+    PublishModule {
+        id: String,
+        hash: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Modules {
+        reply: oneshot::Sender<Vec<(String, String)>>,
+    },
+    Connection {
+        name: String,
+        reply: oneshot::Sender<Option<quinn::Connection>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<NodeId>>,
     },
     Describe {
         session: String,
@@ -156,6 +277,8 @@ enum Command {
 pub struct Mesh {
     inputs: mpsc::Sender<Input>,
     events: broadcast::Sender<Event>,
+    records: watch::Receiver<u64>,
+    tunnels: Mutex<Option<mpsc::Receiver<Tunnel>>>,
     addr: SocketAddr,
     name: String,
 }
@@ -168,11 +291,13 @@ fn now_ms() -> u64 {
 
 impl Mesh {
     /// Binds, starts the driver and dials the seeds. `durable` is what the
-    /// node's store kept from its previous boot.
+    /// node's store kept from its previous boot; journal changes are
+    /// written to `store`.
     pub async fn start(
         identity: Identity,
         config: MeshConfig,
         durable: Durable,
+        store: Arc<dyn JournalStore>,
     ) -> Result<Mesh, TransportError> {
         let name = identity.name().to_owned();
         let transport = Arc::new(Transport::bind(config.listen, identity)?);
@@ -196,6 +321,9 @@ impl Mesh {
         );
         let (inputs, rx) = mpsc::channel(16_384);
         let (events, _) = broadcast::channel(16_384);
+        let (records_tx, records) = watch::channel(0);
+        let (tunnels_tx, tunnels) = mpsc::channel(1024);
+        let (written_tx, written_rx) = mpsc::unbounded_channel();
         // Accept loop.
         {
             let transport = transport.clone();
@@ -213,17 +341,32 @@ impl Mesh {
             id,
             transport,
             listen: addr,
+            seeds: config.seeds.clone(),
+            replication: config.replication,
+            ack_timeout: config.ack_timeout,
             links: BTreeMap::new(),
-            known: config.seeds.iter().copied().collect(),
+            known: BTreeSet::new(),
             dialing: BTreeSet::new(),
             queue: config.queue.max(1),
             inputs: inputs.clone(),
             events: events.clone(),
+            records: records_tx,
+            records_seen: 0,
+            tunnels: tunnels_tx,
+            store,
+            written_tx,
+            journals: BTreeMap::new(),
+            held: Vec::new(),
+            waiting: Vec::new(),
+            starting: BTreeMap::new(),
+            failed: None,
         };
-        tokio::spawn(driver.run(rx));
+        tokio::spawn(driver.run(rx, written_rx));
         Ok(Mesh {
             inputs,
             events,
+            records,
+            tunnels: Mutex::new(Some(tunnels)),
             addr,
             name,
         })
@@ -245,10 +388,31 @@ impl Mesh {
         self.events.subscribe()
     }
 
+    /// Changes whenever the replicated records do (sessions, modules).
+    pub fn records_changed(&self) -> watch::Receiver<u64> {
+        self.records.clone()
+    }
+
+    /// The streams other nodes open to this one; the first caller gets them.
+    pub fn tunnels(&self) -> Option<mpsc::Receiver<Tunnel>> {
+        self.tunnels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
         let (tx, rx) = oneshot::channel();
         self.inputs.send(Input::Command(make(tx))).await.ok()?;
         rx.await.ok()
+    }
+
+    /// Where a new session goes: `(owner, replica)`.
+    pub async fn place(&self, session: &str) -> Result<(NodeId, NodeId), String> {
+        let session = session.to_owned();
+        self.ask(|reply| Command::Place { session, reply })
+            .await
+            .unwrap_or_else(|| Err("the mesh stopped".into()))
     }
 
     /// Creates a session, placed by the cluster.
@@ -263,13 +427,51 @@ impl Mesh {
         .unwrap_or_else(|| Err("the mesh stopped".into()))
     }
 
+    /// Creates a session owned by this node and returns once its replica
+    /// answered (the owner holds a lease: appends can go).
+    pub async fn create_here(
+        &self,
+        session: &str,
+        new: NewSession,
+    ) -> Result<SessionRecord, String> {
+        let session = session.to_owned();
+        self.ask(|reply| Command::CreateHere {
+            session,
+            new,
+            reply,
+        })
+        .await
+        .unwrap_or_else(|| Err("the mesh stopped".into()))
+    }
+
+    /// Appends entries to an owned session's journal under its lease, or
+    /// says why not (nothing was appended then).
+    pub async fn append(&self, session: &str, entries: Vec<Vec<u8>>) -> Result<Appended, String> {
+        let session = session.to_owned();
+        self.ask(|reply| Command::Append {
+            session,
+            entries,
+            reply,
+        })
+        .await
+        .unwrap_or_else(|| Err("the mesh stopped".into()))
+    }
+
     /// Sends a client's action to the session's owner, wherever it is.
-    pub async fn act(&self, session: &str, action: u64) {
+    pub async fn act(&self, session: &str, action: Vec<u8>) {
         let session = session.to_owned();
         let _ = self
             .inputs
             .send(Input::Command(Command::Act { session, action }))
             .await;
+    }
+
+    /// The session's journal as this node holds it.
+    pub async fn journal(&self, session: &str) -> Vec<Vec<u8>> {
+        let session = session.to_owned();
+        self.ask(|reply| Command::Journal { session, reply })
+            .await
+            .unwrap_or_default()
     }
 
     /// The session's record as this node knows it.
@@ -280,11 +482,57 @@ impl Mesh {
             .flatten()
     }
 
+    /// Every session's record.
+    pub async fn sessions(&self) -> Vec<(String, SessionRecord)> {
+        self.ask(|reply| Command::Sessions { reply })
+            .await
+            .unwrap_or_default()
+    }
+
     /// Sessions this node owns.
     pub async fn owned(&self) -> Vec<(String, u64)> {
         self.ask(|reply| Command::Owned { reply })
             .await
             .unwrap_or_default()
+    }
+
+    /// Records a module (`name@version` → content hash) for the cluster.
+    pub async fn publish_module(&self, id: &str, hash: &str) -> Result<(), String> {
+        let (id, hash) = (id.to_owned(), hash.to_owned());
+        self.ask(|reply| Command::PublishModule { id, hash, reply })
+            .await
+            .unwrap_or_else(|| Err("the mesh stopped".into()))
+    }
+
+    /// Every module recorded in the cluster: `(name@version, hash)`.
+    pub async fn modules(&self) -> Vec<(String, String)> {
+        self.ask(|reply| Command::Modules { reply })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Nodes up now.
+    pub async fn peers(&self) -> Vec<NodeId> {
+        self.ask(|reply| Command::Peers { reply })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Opens a bidirectional stream to node `name`.
+    pub async fn open(
+        &self,
+        name: &str,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+        let wanted = name.to_owned();
+        let connection = self
+            .ask(|reply| Command::Connection { name: wanted, reply })
+            .await
+            .flatten()
+            .ok_or_else(|| format!("not connected to {name}"))?;
+        connection
+            .open_bi()
+            .await
+            .map_err(|e| format!("opening a stream to {name}: {e}"))
     }
 
     /// This node's part in a session, for diagnostics.
@@ -312,33 +560,79 @@ struct Link {
     connection: quinn::Connection,
 }
 
+/// A session's journal writes: generations issued and written.
+#[derive(Default)]
+struct Writes {
+    issued: u64,
+    written: u64,
+    /// The replica's acknowledgements so far (owner side).
+    acked: u64,
+}
+
+/// An append waiting to be durable.
+struct Waiter {
+    session: String,
+    seq: u64,
+    generation: u64,
+    deadline: u64,
+    reply: oneshot::Sender<Result<(), String>>,
+}
+
 struct Driver {
     node: ClusterNode,
     id: NodeId,
     transport: Arc<Transport>,
     listen: SocketAddr,
+    seeds: Vec<String>,
+    replication: Replication,
+    ack_timeout: Duration,
     links: BTreeMap<String, Link>,
     known: BTreeSet<SocketAddr>,
     dialing: BTreeSet<SocketAddr>,
     queue: usize,
     inputs: mpsc::Sender<Input>,
     events: broadcast::Sender<Event>,
+    records: watch::Sender<u64>,
+    records_seen: u64,
+    tunnels: mpsc::Sender<Tunnel>,
+    store: Arc<dyn JournalStore>,
+    written_tx: mpsc::UnboundedSender<Written>,
+    journals: BTreeMap<String, Writes>,
+    /// Acknowledgements that wait for their journal write: (generation, to, message).
+    held: Vec<(u64, NodeId, Message)>,
+    waiting: Vec<Waiter>,
+    starting: BTreeMap<String, (u64, oneshot::Sender<Result<SessionRecord, String>>)>,
+    /// The store failed: nothing more is acknowledged (fail-stop).
+    failed: Option<String>,
 }
 
 impl Driver {
-    async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Input>,
+        mut written: mpsc::UnboundedReceiver<Written>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut redial = tokio::time::interval(Duration::from_millis(500));
+        let mut resolve = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
-                _ = tick.tick() => self.node.tick(now_ms()),
+                _ = tick.tick() => {
+                    let now = now_ms();
+                    self.node.tick(now);
+                    self.expire(now);
+                }
                 _ = redial.tick() => {
                     self.dial_known();
                     for link in self.links.values() {
                         let known = Frame::Known(self.known.iter().copied().collect());
                         let _ = link.lanes[0].try_send(known);
                     }
+                }
+                _ = resolve.tick() => self.resolve_seeds(),
+                Some((session, generation, result)) = written.recv() => {
+                    self.written(session, generation, result);
                 }
                 input = rx.recv() => {
                     let Some(input) = input else { return };
@@ -351,12 +645,34 @@ impl Driver {
         }
     }
 
+    /// Resolves the seed names in the background (DNS may be slow).
+    fn resolve_seeds(&self) {
+        for seed in self.seeds.clone() {
+            let inputs = self.inputs.clone();
+            tokio::spawn(async move {
+                match tokio::net::lookup_host(seed.as_str()).await {
+                    Ok(addrs) => {
+                        let _ = inputs.send(Input::Resolved(addrs.collect())).await;
+                    }
+                    Err(e) => tracing::debug!(%seed, error = %e, "seed did not resolve"),
+                }
+            });
+        }
+    }
+
     /// Handles one input; false to stop.
     fn input(&mut self, input: Input) -> bool {
         match input {
             Input::Connected(peer) => self.link(peer),
             Input::DialFailed(addr) => {
                 self.dialing.remove(&addr);
+            }
+            Input::Resolved(addrs) => {
+                let new = addrs.iter().any(|a| !self.known.contains(a));
+                self.known.extend(addrs);
+                if new {
+                    self.dial_known();
+                }
             }
             Input::Hello {
                 name,
@@ -384,12 +700,36 @@ impl Driver {
     fn command(&mut self, command: Command) -> bool {
         let now = now_ms();
         match command {
+            Command::Place { session, reply } => {
+                let _ = reply.send(self.node.place(&session));
+            }
             Command::Create {
                 session,
                 module,
                 reply,
             } => {
                 let _ = reply.send(self.node.create(&session, &module, now));
+            }
+            Command::CreateHere {
+                session,
+                new,
+                reply,
+            } => match self.node.create_here(&session, new, now) {
+                Ok(record) => {
+                    let deadline = now + self.ack_timeout.as_millis() as u64;
+                    self.starting.insert(session, (deadline, reply));
+                    let _ = record;
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::Append {
+                session,
+                entries,
+                reply,
+            } => {
+                let _ = reply.send(self.append(session, entries, now));
             }
             Command::Act { session, action } => {
                 match self.node.record(&session).map(|r| r.owner.clone()) {
@@ -399,11 +739,41 @@ impl Driver {
                     _ => self.node.act(&session, action, now),
                 }
             }
+            Command::Journal { session, reply } => {
+                let journal = self
+                    .node
+                    .durable()
+                    .journals
+                    .get(&session)
+                    .map(|j| j.iter().map(|e| e.action.clone()).collect())
+                    .unwrap_or_default();
+                let _ = reply.send(journal);
+            }
             Command::Record { session, reply } => {
                 let _ = reply.send(self.node.record(&session).cloned());
             }
+            Command::Sessions { reply } => {
+                let _ = reply.send(self.node.sessions());
+            }
             Command::Owned { reply } => {
                 let _ = reply.send(self.node.owned());
+            }
+            Command::PublishModule { id, hash, reply } => {
+                let _ = reply.send(self.node.publish_module(&id, &hash, 1, now));
+            }
+            Command::Modules { reply } => {
+                let _ = reply.send(self.node.modules());
+            }
+            Command::Connection { name, reply } => {
+                let connection = self
+                    .links
+                    .get(&name)
+                    .filter(|l| l.connection.close_reason().is_none())
+                    .map(|l| l.connection.clone());
+                let _ = reply.send(connection);
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.node.peers_up());
             }
             Command::Describe { session, reply } => {
                 let _ = reply.send(self.node.describe(&session));
@@ -416,6 +786,118 @@ impl Driver {
             }
         }
         true
+    }
+
+    /// Appends under the lease; the reply waits for the write (and the
+    /// replica's acknowledgement in `replicated` mode).
+    fn append(
+        &mut self,
+        session: String,
+        entries: Vec<Vec<u8>>,
+        now: u64,
+    ) -> Result<Appended, String> {
+        if let Some(failed) = &self.failed {
+            return Err(format!("the journal store failed: {failed}"));
+        }
+        let mut last = None;
+        for entry in entries {
+            // All under one `now`: if the first is allowed, so is the rest.
+            last = Some(self.node.append(&session, entry, now)?);
+        }
+        let (epoch, seq) = last.ok_or("nothing to append")?;
+        self.write_changes();
+        let generation = self.journals.get(&session).map_or(0, |w| w.issued);
+        let (tx, rx) = oneshot::channel();
+        self.waiting.push(Waiter {
+            session,
+            seq,
+            generation,
+            deadline: now + self.ack_timeout.as_millis() as u64,
+            reply: tx,
+        });
+        Ok(Appended {
+            epoch,
+            seq,
+            durable: rx,
+        })
+    }
+
+    /// Hands the core's journal changes to the store.
+    fn write_changes(&mut self) {
+        for change in self.node.take_journal_changes() {
+            let writes = self.journals.entry(change.session.clone()).or_default();
+            writes.issued += 1;
+            let generation = writes.issued;
+            let session = change.session.clone();
+            let tx = self.written_tx.clone();
+            self.store.write(
+                change,
+                Box::new(move |result| {
+                    let _ = tx.send((session, generation, result));
+                }),
+            );
+        }
+    }
+
+    fn written(&mut self, session: String, generation: u64, result: Result<(), String>) {
+        if let Err(e) = result {
+            tracing::error!(%session, error = %e, "journal write failed: acknowledging nothing more");
+            self.failed.get_or_insert(e);
+            return;
+        }
+        let writes = self.journals.entry(session.clone()).or_default();
+        writes.written = writes.written.max(generation);
+        let written = writes.written;
+        let (ready, held): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.held)
+                .into_iter()
+                .partition(|(g, _, m)| *g <= written && about_durable(m) == Some(session.as_str()));
+        self.held = held;
+        for (_, to, message) in ready {
+            self.send(to, message);
+        }
+        self.settle(&session);
+    }
+
+    /// Answers the appends of `session` that are now durable.
+    fn settle(&mut self, session: &str) {
+        let writes = self.journals.get(session);
+        let (written, acked) = writes.map_or((0, 0), |w| (w.written, w.acked));
+        let replicated = self.replication == Replication::Replicated;
+        let (done, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w| {
+                w.session == session && w.generation <= written && (!replicated || w.seq <= acked)
+            });
+        self.waiting = rest;
+        for waiter in done {
+            let _ = waiter.reply.send(Ok(()));
+        }
+    }
+
+    /// Fails what waited too long, or for a session this node lost.
+    fn expire(&mut self, now: u64) {
+        let (late, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w| w.deadline <= now);
+        self.waiting = rest;
+        for waiter in late {
+            let _ = waiter.reply.send(Err(format!(
+                "not acknowledged within {} ms; retry",
+                self.ack_timeout.as_millis()
+            )));
+        }
+        let late: Vec<String> = self
+            .starting
+            .iter()
+            .filter(|(_, (deadline, _))| *deadline <= now)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for session in late {
+            if let Some((_, reply)) = self.starting.remove(&session) {
+                let _ = reply.send(Err("the session's replica did not answer in time".into()));
+            }
+        }
     }
 
     fn dial_known(&mut self) {
@@ -473,6 +955,24 @@ impl Driver {
                 }
             });
             lanes.push(tx);
+        }
+        // Tunnels the peer opens go to the host.
+        {
+            let connection = peer.connection.clone();
+            let tunnels = self.tunnels.clone();
+            let from = peer.name.clone();
+            tokio::spawn(async move {
+                while let Ok((send, recv)) = connection.accept_bi().await {
+                    let tunnel = Tunnel {
+                        from: from.clone(),
+                        send,
+                        recv,
+                    };
+                    if tunnels.send(tunnel).await.is_err() {
+                        return;
+                    }
+                }
+            });
         }
         // Readers: every incoming lane stream starts with the peer's hello.
         {
@@ -547,15 +1047,68 @@ impl Driver {
         let _ = link.lanes[lane(&frame)].try_send(frame);
     }
 
-    /// Sends what the node wants sent and publishes its events.
+    /// Writes journal changes, sends what the node wants sent (holding
+    /// acknowledgements back until their write is done) and publishes its
+    /// events.
     fn flush(&mut self) {
+        self.write_changes();
         for (to, message) in self.node.poll_transmit() {
-            self.send(to, message);
+            let pending = about_durable(&message)
+                .and_then(|s| self.journals.get(s))
+                .filter(|w| w.written < w.issued || self.failed.is_some());
+            match pending {
+                Some(w) => self.held.push((w.issued, to, message)),
+                None => self.send(to, message),
+            }
         }
         for event in self.node.poll_events() {
+            match &event {
+                Event::Acked { session, seq, .. } => {
+                    let writes = self.journals.entry(session.clone()).or_default();
+                    writes.acked = writes.acked.max(*seq);
+                    let session = session.clone();
+                    self.settle(&session);
+                }
+                Event::Started { session } => {
+                    if let Some((_, reply)) = self.starting.remove(session) {
+                        let record = self.node.record(session).cloned();
+                        let _ = reply.send(record.ok_or_else(|| "the record vanished".into()));
+                    }
+                }
+                Event::SteppedDown { session, .. } => {
+                    let (lost, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+                        .into_iter()
+                        .partition(|w| w.session == *session);
+                    self.waiting = rest;
+                    for waiter in lost {
+                        let _ = waiter
+                            .reply
+                            .send(Err("the session moved to another node".into()));
+                    }
+                    if let Some(w) = self.journals.get_mut(session) {
+                        w.acked = 0;
+                    }
+                }
+                _ => {}
+            }
             let _ = self.events.send(event);
+        }
+        let records = self.node.records_counter();
+        if records != self.records_seen {
+            self.records_seen = records;
+            self.records.send_modify(|n| *n += 1);
         }
         self.links
             .retain(|_, link| link.connection.close_reason().is_none());
+    }
+}
+
+/// The session an acknowledgement that promises a durable copy is about.
+fn about_durable(message: &Message) -> Option<&str> {
+    match message {
+        Message::ReplicateAck { session, .. } | Message::TransferAck { session, .. } => {
+            Some(session)
+        }
+        _ => None,
     }
 }

@@ -1,12 +1,13 @@
 //! Meshes on loopback driving the cluster core over QUIC.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_cluster::membership::Change;
 use baton_cluster::node::{Durable, Event};
 use baton_transport::certs::Authority;
-use baton_transport::{Identity, Mesh, MeshConfig};
+use baton_transport::{Identity, Mesh, MeshConfig, Unpersisted};
 use tokio::sync::broadcast;
 
 fn identity(ca: &Authority, trusted: &Authority, name: &str) -> Identity {
@@ -26,6 +27,7 @@ async fn mesh(ca: &Authority, name: &str, seeds: Vec<std::net::SocketAddr>) -> M
         ca.identity(name).expect("identity"),
         config,
         Durable::default(),
+        Arc::new(Unpersisted),
     )
     .await
     .expect("start")
@@ -145,7 +147,7 @@ async fn a_cluster_forms_from_one_seed_places_sessions_and_fails_over() {
     // Actions through any node reach the owner and are acknowledged once
     // the replica holds them.
     for (n, session) in owners.keys().enumerate() {
-        meshes[n % 3].act(session, 1000 + n as u64).await;
+        meshes[n % 3].act(session, vec![n as u8]).await;
     }
     until(
         &mut receivers,
@@ -213,7 +215,7 @@ async fn a_cluster_forms_from_one_seed_places_sessions_and_fails_over() {
     // Clients retry until their action is acknowledged (the new owner may
     // still be getting its lease, or a node's records may still name a).
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut action = 5000;
+    let mut action = 5000u64;
     loop {
         for rx in receivers.iter_mut() {
             while let Ok(event) = rx.try_recv() {
@@ -235,7 +237,7 @@ async fn a_cluster_forms_from_one_seed_places_sessions_and_fails_over() {
         );
         for (n, session) in waiting.into_iter().enumerate() {
             action += 1;
-            [&b, &c][n % 2].act(session, action).await;
+            [&b, &c][n % 2].act(session, action.to_le_bytes().to_vec()).await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -257,6 +259,7 @@ async fn a_node_with_a_certificate_from_another_ca_cannot_join() {
             vec![a.addr(), b.addr()],
         ),
         Durable::default(),
+        Arc::new(Unpersisted),
     )
     .await
     .expect("start");
