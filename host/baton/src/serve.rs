@@ -31,6 +31,24 @@ pub(crate) struct ServeArgs {
     /// Log lines as JSON (one object per line) instead of for humans.
     #[arg(long, env = "BATON_LOG_JSON")]
     log_json: bool,
+    /// Join a cluster, known by this name (the DNS name in its certificate).
+    #[arg(long, env = "BATON_NODE_NAME")]
+    node_name: Option<String>,
+    /// UDP address for the other nodes (QUIC, mutual TLS) [default: 127.0.0.1:7500].
+    #[arg(long, env = "BATON_CLUSTER_LISTEN")]
+    cluster_listen: Option<SocketAddr>,
+    /// A node to dial, `host:port` (repeat, or comma-separate in the
+    /// variable); a DNS name may resolve to many nodes.
+    #[arg(long = "seed", env = "BATON_SEEDS", value_delimiter = ',')]
+    seeds: Vec<String>,
+    /// Directory with ca.pem, <node-name>.pem and <node-name>.key, as
+    /// `baton certs` writes them [default: ./certs].
+    #[arg(long, env = "BATON_CERTS_DIR")]
+    certs_dir: Option<PathBuf>,
+    /// When an action is acknowledged: `replicated` (also on the replica's
+    /// disk) or `local` (on this node's disk) [default: replicated].
+    #[arg(long, env = "BATON_REPLICATION", value_parser = ["replicated", "local"])]
+    replication: Option<String>,
 }
 
 fn config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
@@ -57,6 +75,39 @@ fn config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
     }
     if args.no_example_games {
         config.example_games = false;
+    }
+    let clustered = args.node_name.is_some()
+        || args.cluster_listen.is_some()
+        || !args.seeds.is_empty()
+        || args.certs_dir.is_some()
+        || args.replication.is_some();
+    if clustered {
+        let mut cluster = config.cluster.take().unwrap_or_default();
+        if let Some(name) = &args.node_name {
+            cluster.name.clone_from(name);
+        }
+        if cluster.name.is_empty() {
+            anyhow::bail!(
+                "a cluster node needs a name: --node-name (the DNS name in its certificate)"
+            );
+        }
+        if let Some(listen) = args.cluster_listen {
+            cluster.listen = listen;
+        }
+        if !args.seeds.is_empty() {
+            cluster.seeds.clone_from(&args.seeds);
+        }
+        if let Some(dir) = &args.certs_dir {
+            cluster.ca = dir.join("ca.pem");
+            cluster.cert = dir.join(format!("{}.pem", cluster.name));
+            cluster.key = dir.join(format!("{}.key", cluster.name));
+        }
+        match args.replication.as_deref() {
+            Some("local") => cluster.replication = baton_node::Replication::Local,
+            Some(_) => cluster.replication = baton_node::Replication::Replicated,
+            None => {}
+        }
+        config.cluster = Some(cluster);
     }
     Ok(config)
 }
@@ -98,6 +149,7 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let example_games = config.example_games;
     let operator_token = config.operator_token.clone();
+    let node_cluster = config.cluster.clone();
     let opened = tokio::task::spawn_blocking(move || Node::open(config)).await?;
     let node = opened.context("could not open the node")?;
     let mut published = Vec::new();
@@ -110,6 +162,9 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
             published.push(module.id);
         }
     }
+    node.join_cluster()
+        .await
+        .context("could not join the cluster")?;
     let players_addr = players.local_addr()?;
     let admin_addr = match &admin {
         Some(listener) => listener.local_addr()?,
@@ -124,6 +179,22 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     );
     if !published.is_empty() {
         println!("  example games: {}", published.join(", "));
+    }
+    if let Some(cluster) = &node_cluster {
+        println!(
+            "  cluster: {} on quic://{} ({} mode), seeds: {}",
+            cluster.name,
+            node.cluster_addr().unwrap_or(cluster.listen),
+            match cluster.replication {
+                baton_node::Replication::Local => "local",
+                baton_node::Replication::Replicated => "replicated",
+            },
+            if cluster.seeds.is_empty() {
+                "none".to_owned()
+            } else {
+                cluster.seeds.join(", ")
+            }
+        );
     }
     let token = operator_token.or_else(|| {
         std::fs::read_to_string(data_dir.join("operator-token"))

@@ -183,7 +183,11 @@ impl Checker {
                 problems.push(format!(
                     "{node} applied at {session}#{seq} over acknowledged entry #{acked_seq}: lost"
                 ));
-            } else if journal.get(acked_seq as usize - 1).map(|e| action_id(&e.action)) != Some(action) {
+            } else if journal
+                .get(acked_seq as usize - 1)
+                .map(|e| action_id(&e.action))
+                != Some(action)
+            {
                 problems.push(format!(
                     "{node}'s journal of {session} lacks acknowledged entry #{acked_seq}: lost"
                 ));
@@ -716,7 +720,9 @@ impl Sim {
                         .cloned()
                         .unwrap_or_default();
                     for (seq, action) in acked {
-                        if journal.get(seq as usize - 1).map(|e| action_id(&e.action)) != Some(action) {
+                        if journal.get(seq as usize - 1).map(|e| action_id(&e.action))
+                            != Some(action)
+                        {
                             self.violation(format!("{session}'s owner lacks acknowledged #{seq}"));
                         }
                     }

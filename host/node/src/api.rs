@@ -3,6 +3,7 @@
 //! Everything a client sends is parsed here, once, into typed values; a
 //! malformed request gets a clear error and never reaches the sessions.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use baton_sdk::wire::{self, Viewer};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
+use crate::cluster::{Forward, Relayed, RemoteError, read_json, write_frame, write_json};
 use crate::error::NodeError;
 use crate::node::{ActOutcome, CreateSession, EventBatch, Node};
 
@@ -62,6 +64,8 @@ pub fn router(node: Arc<Node>, routes: Routes, shutdown: watch::Receiver<bool>) 
                 .route("/v1/sessions", post(create_session).get(list_sessions))
                 .route("/v1/sessions/{id}", get(get_session))
                 .route("/v1/sessions/{id}/export", get(export))
+                .route("/v1/sessions/{id}/replica", get(replica))
+                .route("/v1/cluster", get(cluster))
                 .layer(DefaultBodyLimit::max(max_message)),
         );
     let router = match routes {
@@ -187,6 +191,20 @@ async fn get_session(
 ) -> Result<Response, NodeError> {
     operator(&app, &headers)?;
     Ok(json(StatusCode::OK, &app.node.session(&id).await?))
+}
+
+async fn cluster(State(app): State<App>, headers: HeaderMap) -> Result<Response, NodeError> {
+    operator(&app, &headers)?;
+    Ok(json(StatusCode::OK, &app.node.cluster_status().await?))
+}
+
+async fn replica(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, NodeError> {
+    operator(&app, &headers)?;
+    Ok(json(StatusCode::OK, &app.node.replica_state(&id).await?))
 }
 
 async fn export(
@@ -373,6 +391,7 @@ mod close {
     pub(super) const BAD_MESSAGE: u16 = 4400;
     pub(super) const BAD_TOKEN: u16 = 4401;
     pub(super) const NO_SESSION: u16 = 4404;
+    pub(super) const MOVED: u16 = 4409;
     pub(super) const TOO_SLOW: u16 = 4408;
     pub(super) const FLOODING: u16 = 4429;
 }
@@ -381,10 +400,181 @@ async fn play(State(app): State<App>, Path(id): Path<String>, ws: WebSocketUpgra
     let max = app.node.config.max_message_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| connection(app, id, socket))
+        .on_upgrade(move |socket| async move {
+            match app.node.owner_elsewhere(&id).await {
+                Ok(Some(owner)) => relay(app, id, owner, socket).await,
+                Ok(None) => connection(app, id, socket).await,
+                Err(NodeError::NotFound(m)) => close_with(socket, close::NO_SESSION, &m).await,
+                Err(e) => close_with(socket, close::MOVED, &e.to_string()).await,
+            }
+        })
 }
 
-async fn send(socket: &mut WebSocket, message: &ServerMessage<'_>) -> bool {
+/// A player's connection, wherever it comes from: a WebSocket here, or one
+/// relayed from another node through a tunnel.
+pub(crate) trait PlayerSocket: Send {
+    /// The next message; `None` when the connection ended.
+    fn recv(&mut self) -> impl Future<Output = Option<Result<Message, ()>>> + Send;
+    /// Sends one message.
+    fn send(&mut self, message: Message) -> impl Future<Output = Result<(), ()>> + Send;
+}
+
+impl PlayerSocket for WebSocket {
+    async fn recv(&mut self) -> Option<Result<Message, ()>> {
+        WebSocket::recv(self).await.map(|r| r.map_err(|_| ()))
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), ()> {
+        WebSocket::send(self, message).await.map_err(|_| ())
+    }
+}
+
+/// The owner's end of a relayed player connection.
+pub(crate) struct TunnelSocket {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl PlayerSocket for TunnelSocket {
+    async fn recv(&mut self) -> Option<Result<Message, ()>> {
+        let relayed: Relayed = read_json(&mut self.recv).await.ok()?;
+        Some(Ok(match relayed {
+            Relayed::Text(text) => Message::Text(Utf8Bytes::from(text)),
+            Relayed::Close { code, reason } => Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from(reason),
+            })),
+        }))
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), ()> {
+        let relayed = match message {
+            Message::Text(text) => Relayed::Text(text.to_string()),
+            Message::Close(frame) => {
+                let (code, reason) =
+                    frame.map_or((1000, String::new()), |f| (f.code, f.reason.to_string()));
+                Relayed::Close { code, reason }
+            }
+            _ => return Ok(()),
+        };
+        write_json(&mut self.send, &relayed).await.map_err(|_| ())
+    }
+}
+
+/// Relays a player's WebSocket to the session's owner, message by message.
+/// When the owner's side ends (the session moved, the node went away),
+/// the player is told to reconnect, and is routed anew.
+async fn relay(app: App, id: String, owner: String, mut socket: WebSocket) {
+    let Some(mesh) = app.node.mesh.get() else {
+        return;
+    };
+    let opened = async {
+        let (mut send, recv) = mesh.open(&owner).await.map_err(NodeError::Unavailable)?;
+        write_json(
+            &mut send,
+            &Forward::Play {
+                session: id.clone(),
+            },
+        )
+        .await?;
+        Ok::<_, NodeError>((send, recv))
+    };
+    let (mut send, mut recv) = match opened.await {
+        Ok(streams) => streams,
+        Err(e) => return close_with(socket, close::MOVED, &e.to_string()).await,
+    };
+    let mut shutdown = app.shutdown.clone();
+    loop {
+        tokio::select! {
+            from_player = socket.recv() => {
+                let relayed = match from_player {
+                    Some(Ok(Message::Text(text))) => Relayed::Text(text.to_string()),
+                    Some(Ok(Message::Close(frame))) => {
+                        let (code, reason) = frame.map_or((1000, String::new()), |f| (f.code, f.reason.to_string()));
+                        let _ = write_json(&mut send, &Relayed::Close { code, reason }).await;
+                        let _ = send.finish();
+                        return;
+                    }
+                    Some(Ok(_)) => continue,
+                    None | Some(Err(_)) => {
+                        let _ = send.finish();
+                        return;
+                    }
+                };
+                if write_json(&mut send, &relayed).await.is_err() {
+                    return close_with(socket, close::MOVED, "the session's node went away; reconnect with your last position").await;
+                }
+            }
+            from_owner = read_json::<Relayed>(&mut recv) => {
+                match from_owner {
+                    Ok(Relayed::Text(text)) => {
+                        if socket.send(Message::Text(Utf8Bytes::from(text))).await.is_err() {
+                            let _ = send.finish();
+                            return;
+                        }
+                    }
+                    Ok(Relayed::Close { code, reason }) => return close_with(socket, code, &reason).await,
+                    Err(_) => return close_with(socket, close::MOVED, "the session's node went away; reconnect with your last position").await,
+                }
+            }
+            _ = shutdown.changed() => {
+                let _ = send.finish();
+                return close_with(socket, close::GOING_AWAY, "the node is shutting down; reconnect with your last position").await;
+            }
+        }
+    }
+}
+
+/// Answers what other nodes forward here: creations, relayed players,
+/// module bytes.
+pub(crate) async fn serve_tunnels(
+    node: Arc<Node>,
+    shutdown: watch::Receiver<bool>,
+    mut tunnels: tokio::sync::mpsc::Receiver<baton_transport::Tunnel>,
+) {
+    while let Some(tunnel) = tunnels.recv().await {
+        let app = App {
+            node: node.clone(),
+            shutdown: shutdown.clone(),
+        };
+        tokio::spawn(async move {
+            let from = tunnel.from.clone();
+            if let Err(e) = answer(app, tunnel).await {
+                tracing::debug!(%from, error = %e, "a forwarded request failed");
+            }
+        });
+    }
+}
+
+async fn answer(app: App, tunnel: baton_transport::Tunnel) -> Result<(), NodeError> {
+    let baton_transport::Tunnel {
+        mut send, mut recv, ..
+    } = tunnel;
+    match read_json::<Forward>(&mut recv).await? {
+        Forward::Create { id, request } => {
+            let created = app.node.create_here(id, request).await;
+            let answer: Result<_, RemoteError> = created.map_err(RemoteError::from);
+            write_json(&mut send, &answer).await?;
+            let _ = send.finish();
+        }
+        Forward::Play { session } => {
+            let socket = TunnelSocket { send, recv };
+            if app.node.owner_elsewhere(&session).await?.is_some() {
+                close_with(socket, close::MOVED, "the session moved; reconnect").await;
+                return Ok(());
+            }
+            connection(app, session, socket).await;
+        }
+        Forward::Module { hash } => {
+            let bytes = app.node.module_bytes_by_hash(&hash).unwrap_or_default();
+            write_frame(&mut send, &bytes).await?;
+            let _ = send.finish();
+        }
+    }
+    Ok(())
+}
+
+async fn send(socket: &mut impl PlayerSocket, message: &ServerMessage<'_>) -> bool {
     match serde_json::to_string(message) {
         Ok(text) => socket
             .send(Message::Text(Utf8Bytes::from(text)))
@@ -399,7 +589,7 @@ async fn send(socket: &mut WebSocket, message: &ServerMessage<'_>) -> bool {
 /// most two seconds. Dropping the socket with unread input would reset the
 /// connection, and a reset makes the client's OS discard what we sent it,
 /// the close reason included.
-async fn close_with(mut socket: WebSocket, code: u16, reason: &str) {
+async fn close_with(mut socket: impl PlayerSocket, code: u16, reason: &str) {
     let frame = CloseFrame {
         code,
         reason: Utf8Bytes::from(reason.to_owned()),
@@ -442,7 +632,7 @@ impl Bucket {
     }
 }
 
-async fn connection(app: App, id: String, mut socket: WebSocket) {
+async fn connection(app: App, id: String, mut socket: impl PlayerSocket) {
     // The first message must be a join, soon.
     let first = tokio::time::timeout(Duration::from_secs(10), socket.recv()).await;
     let Ok(Some(Ok(Message::Text(text)))) = first else {
@@ -500,6 +690,7 @@ async fn connection(app: App, id: String, mut socket: WebSocket) {
         return;
     }
     let mut events = joined.receiver;
+    let mut moved = joined.moved;
     let from = joined.position;
     let mut bucket = Bucket {
         rate: f64::from(app.node.config.actions_per_second.max(1)),
@@ -518,7 +709,7 @@ async fn connection(app: App, id: String, mut socket: WebSocket) {
                         if !send(&mut socket, &error).await { return; }
                         continue;
                     }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(Message::Close(_))) | None | Some(Err(())) => return,
                     Some(Ok(_)) => continue,
                 };
                 let (client_id, action) = match serde_json::from_str::<ClientMessage>(&text) {
@@ -551,11 +742,14 @@ async fn connection(app: App, id: String, mut socket: WebSocket) {
                     if !send(&mut socket, &error).await { return; }
                     continue;
                 }
-                let reply = match noted(&app, app.node.act(&id, me, Some(client_id.clone()), action.to_string()).await) {
-                    Ok(outcome) => ServerMessage::Ack { id: &client_id, outcome },
-                    Err(e) => ServerMessage::Error { id: Some(&client_id), code: e.code(), message: e.to_string() },
+                let (reply, moved) = match noted(&app, app.node.act(&id, me, Some(client_id.clone()), action.to_string()).await) {
+                    Ok(outcome) => (ServerMessage::Ack { id: &client_id, outcome }, false),
+                    Err(e) => (ServerMessage::Error { id: Some(&client_id), code: e.code(), message: e.to_string() }, matches!(e, NodeError::Moved(_))),
                 };
                 if !send(&mut socket, &reply).await { return; }
+                if moved {
+                    return close_with(socket, close::MOVED, "the session moved; reconnect with your last position").await;
+                }
             }
             batch = events.recv() => {
                 match batch {
@@ -571,6 +765,12 @@ async fn connection(app: App, id: String, mut socket: WebSocket) {
                         return close_with(socket, close::TOO_SLOW, "you fell behind; reconnect with your last position").await;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+            Ok(()) = moved.changed() => {
+                let gone = *moved.borrow_and_update();
+                if gone {
+                    return close_with(socket, close::MOVED, "the session moved; reconnect with your last position").await;
                 }
             }
             _ = shutdown.changed() => {

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use baton_runtime::Limits;
+pub use baton_transport::Replication;
 use serde::{Deserialize, Serialize};
 
 /// Everything a node is told. Every field has a default, so a node runs
@@ -45,6 +46,73 @@ pub struct NodeConfig {
     pub resume_window: usize,
     /// Limits for new sessions (fuel, memory, output, backstop).
     pub session_limits: Limits,
+    /// Run as one node of a cluster; alone if absent.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// How a node joins its cluster (see the operator guide in the README).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// UDP address for the other nodes (QUIC with mutual TLS).
+    pub listen: SocketAddr,
+    /// Nodes to dial, as `host:port`; a DNS name may resolve to many
+    /// addresses (a Kubernetes headless service, Swarm's `tasks.<service>`).
+    pub seeds: Vec<String>,
+    /// This node's certificate chain (PEM); its DNS name is the node's name.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The cluster CA's certificate (PEM): peers must hold one it issued.
+    pub ca: PathBuf,
+    /// The node's name: must be the DNS name in `cert`.
+    pub name: String,
+    /// `replicated`: an action is acknowledged once on the replica's disk
+    /// too; `local`: once on the owner's disk.
+    pub replication: Replication,
+    /// A node silent this long is down (ms).
+    pub detect_ms: u64,
+    /// How long one replica acknowledgement keeps an owner's lease (ms).
+    pub lease_ms: u64,
+    /// Bound on clock drift between two nodes over one lease (ms).
+    pub drift_ms: u64,
+    /// Heartbeat and record gossip period (ms).
+    pub heartbeat_ms: u64,
+    /// This host's version: new sessions go to the newest.
+    pub host_version: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        let core = baton_cluster::Config::default();
+        ClusterConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7500)),
+            seeds: Vec::new(),
+            cert: PathBuf::from("certs/node.pem"),
+            key: PathBuf::from("certs/node.key"),
+            ca: PathBuf::from("certs/ca.pem"),
+            name: String::new(),
+            replication: Replication::Replicated,
+            detect_ms: core.detect_ms,
+            lease_ms: core.lease_ms,
+            drift_ms: core.drift_ms,
+            heartbeat_ms: core.heartbeat_ms,
+            host_version: 1,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The protocol core's timings.
+    pub fn core(&self) -> baton_cluster::Config {
+        baton_cluster::Config {
+            heartbeat_ms: self.heartbeat_ms,
+            detect_ms: self.detect_ms,
+            lease_ms: self.lease_ms,
+            drift_ms: self.drift_ms,
+            ..baton_cluster::Config::default()
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -65,6 +133,7 @@ impl Default for NodeConfig {
             snapshot_every: 64,
             resume_window: 512,
             session_limits: Limits::default(),
+            cluster: None,
         }
     }
 }

@@ -31,6 +31,9 @@ pub enum NodeError {
     /// The rules failed (trap, fuel, memory); the session is unchanged.
     #[error("{0}")]
     RulesFailed(String),
+    /// The session lives on another node now: reconnect (and be routed).
+    #[error("{0}")]
+    Moved(String),
     /// Try again later: full, shutting down, store trouble.
     #[error("{0}")]
     Unavailable(String),
@@ -51,8 +54,27 @@ impl NodeError {
             NodeError::BadModule(_) | NodeError::Refused(_) | NodeError::RulesFailed(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            NodeError::Moved(_) => StatusCode::MISDIRECTED_REQUEST,
             NodeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             NodeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The error a [`NodeError::code`] and message stand for: how an error
+    /// crosses from one node to another.
+    pub fn from_code(code: &str, message: String) -> NodeError {
+        match code {
+            "bad_request" => NodeError::BadRequest(message),
+            "unauthorized" => NodeError::Unauthorized(message),
+            "not_found" => NodeError::NotFound(message),
+            "conflict" => NodeError::Conflict(message),
+            "too_large" => NodeError::TooLarge(message),
+            "bad_module" => NodeError::BadModule(message),
+            "refused" => NodeError::Refused(message),
+            "rules_failed" => NodeError::RulesFailed(message),
+            "moved" => NodeError::Moved(message),
+            "unavailable" => NodeError::Unavailable(message),
+            _ => NodeError::Internal(message),
         }
     }
 
@@ -67,6 +89,7 @@ impl NodeError {
             NodeError::BadModule(_) => "bad_module",
             NodeError::Refused(_) => "refused",
             NodeError::RulesFailed(_) => "rules_failed",
+            NodeError::Moved(_) => "moved",
             NodeError::Unavailable(_) => "unavailable",
             NodeError::Internal(_) => "internal",
         }

@@ -22,6 +22,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod api;
+mod cluster;
 mod config;
 mod error;
 mod metrics;
@@ -33,11 +34,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use api::{Position, Routes, router};
-pub use config::NodeConfig;
+pub use config::{ClusterConfig, NodeConfig, Replication};
 pub use error::NodeError;
 pub use node::{
-    ActOutcome, CreateSession, Created, Export, ExportedEntry, ExportedSnapshot, ModuleSummary,
-    Node, SessionSummary,
+    ActOutcome, ClusterStatus, CreateSession, Created, Export, ExportedEntry, ExportedSnapshot,
+    ModuleSummary, Node, ReplicaState, SessionSummary,
 };
 
 /// Serves `node` on `players` (and management on `admin`, if given) until
@@ -51,6 +52,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     node.start_background();
+    if let Some(tunnels) = node.mesh.get().and_then(|mesh| mesh.tunnels()) {
+        tokio::spawn(api::serve_tunnels(node.clone(), stop_rx.clone(), tunnels));
+    }
     let stopping = {
         let node = node.clone();
         async move {

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use baton_runtime::{
@@ -11,8 +11,9 @@ use baton_runtime::{
 };
 use baton_sdk::wire::{self, Player, SetupArgs, Viewer};
 use baton_store::{GroupCommit, Published, RedbStore, Store, StoreError};
+use baton_transport::Mesh;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, Notify, broadcast, oneshot};
+use tokio::sync::{Mutex, Notify, broadcast, oneshot, watch};
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
@@ -29,7 +30,8 @@ pub(crate) struct EventBatch {
 }
 
 /// A session as stored: everything needed to resume it besides its
-/// snapshot and journal.
+/// snapshot and journal. In a cluster it travels in the session's
+/// replicated record, so that any node can resume it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SessionRecord {
     /// The session's id.
@@ -79,7 +81,7 @@ pub struct ModuleSummary {
 }
 
 /// What creating a session asks for.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
     /// `name@version`, or a game name for its newest version.
@@ -95,7 +97,7 @@ pub struct CreateSession {
 }
 
 /// A created session: its id and one secret token per player.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Created {
     /// The session id.
     pub id: String,
@@ -151,6 +153,9 @@ pub(crate) struct SessionCell {
     state: Arc<Mutex<SessionState>>,
     pub(crate) events: broadcast::Sender<Arc<EventBatch>>,
     ticker: Notify,
+    /// Turns true when the session moved to another node: its players are
+    /// told to reconnect, its ticker stops.
+    moved: watch::Sender<bool>,
 }
 
 struct SessionState {
@@ -178,7 +183,9 @@ pub struct Node {
     pub(crate) config: NodeConfig,
     runtime: Runtime,
     store: Arc<dyn Store>,
-    journal: GroupCommit,
+    pub(crate) journal: Arc<GroupCommit>,
+    /// The cluster, once joined (see `cluster.rs`).
+    pub(crate) mesh: OnceLock<Arc<Mesh>>,
     modules: RwLock<BTreeMap<String, Arc<RuleModule>>>,
     sessions: RwLock<HashMap<String, Arc<SessionCell>>>,
     operator_token_sha256: String,
@@ -249,7 +256,7 @@ impl Node {
         })
         .map_err(|e| NodeError::Internal(e.to_string()))?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("node.redb"))?);
-        let journal = GroupCommit::start(store.clone())?;
+        let journal = Arc::new(GroupCommit::start(store.clone())?);
         let token = match &config.operator_token {
             Some(token) => token.clone(),
             None => tokens::operator_token(&config.data_dir)?,
@@ -260,6 +267,7 @@ impl Node {
             runtime,
             store,
             journal,
+            mesh: OnceLock::new(),
             modules: RwLock::new(BTreeMap::new()),
             sessions: RwLock::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
@@ -291,6 +299,11 @@ impl Node {
     }
 
     fn recover_sessions(&self) -> Result<(), NodeError> {
+        if self.config.cluster.is_some() {
+            // A cluster node's sessions come back through the cluster: it
+            // owns nothing at start, and its replicas took over meanwhile.
+            return Ok(());
+        }
         let mut recovered = 0usize;
         for (id, bytes) in self.store.sessions()? {
             let record: SessionRecord = match serde_json::from_slice(&bytes) {
@@ -346,6 +359,7 @@ impl Node {
             })),
             events,
             ticker: Notify::new(),
+            moved: watch::channel(false).0,
         })
     }
 
@@ -428,7 +442,7 @@ impl Node {
             )));
         }
         let node = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let published = tokio::task::spawn_blocking(move || {
             let module = node
                 .runtime
                 .load(&bytes)
@@ -436,10 +450,18 @@ impl Node {
             let id = module_id(&module);
             let published = node.store.publish_module(&id, &module.hash(), &bytes)?;
             let module = node.modules_write().entry(id).or_insert(module).clone();
-            Ok((summary(&module), published == Published::New))
+            Ok::<_, NodeError>((summary(&module), published == Published::New))
         })
         .await
-        .map_err(|e| NodeError::Internal(e.to_string()))?
+        .map_err(|e| NodeError::Internal(e.to_string()))??;
+        if let Some(mesh) = self.mesh.get() {
+            // Content-addressed cluster-wide: other bytes under a published
+            // `name@version` anywhere are refused.
+            mesh.publish_module(&published.0.id, &published.0.hash)
+                .await
+                .map_err(NodeError::Conflict)?;
+        }
+        Ok(published)
     }
 
     /// Every published module.
@@ -453,6 +475,12 @@ impl Node {
             .get(id)
             .map(|m| summary(m))
             .ok_or_else(|| NodeError::NotFound(format!("no module {id} is published here")))
+    }
+
+    /// A module's component bytes, by content hash (hex), if stored here.
+    pub(crate) fn module_bytes_by_hash(&self, hex: &str) -> Option<Vec<u8>> {
+        let hash = self.module_by_hash(hex)?.hash();
+        self.store.module_bytes(&hash).ok().flatten()
     }
 
     /// A module's component bytes, by `name@version`.
@@ -484,8 +512,25 @@ impl Node {
     // --- sessions --------------------------------------------------------
 
     /// Creates and starts a session; returns its id and the players' tokens.
+    /// In a cluster it goes where placement puts it (maybe another node).
     pub async fn create_session(
         self: &Arc<Self>,
+        request: CreateSession,
+    ) -> Result<Created, NodeError> {
+        let id = tokens::random_hex(8)?;
+        if let Some(mesh) = self.mesh.get() {
+            let (owner, _) = mesh.place(&id).await.map_err(NodeError::Unavailable)?;
+            if owner.name != mesh.name() {
+                return crate::cluster::forward_create(mesh, &owner.name, &id, request).await;
+            }
+        }
+        self.create_here(id, request).await
+    }
+
+    /// Creates and starts session `id` on this node.
+    pub(crate) async fn create_here(
+        self: &Arc<Self>,
+        id: String,
         request: CreateSession,
     ) -> Result<Created, NodeError> {
         if !self.is_ready() {
@@ -503,7 +548,6 @@ impl Node {
                 "a session needs 1 to 64 players".into(),
             ));
         }
-        let id = tokens::random_hex(8)?;
         let mut issued = BTreeMap::new();
         let mut players = Vec::new();
         for p in &request.players {
@@ -563,6 +607,19 @@ impl Node {
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))?;
         let applied = applied?;
+        if let Some(mesh) = self.mesh.get() {
+            // The record (with ours inside) goes to every node; the replica's
+            // answer gives this node the lease that the start's entry needs.
+            let new = baton_cluster::node::NewSession {
+                module: record.module.clone(),
+                module_hash: record.module_hash.clone(),
+                meta: serde_json::to_vec(&record)
+                    .map_err(|e| NodeError::Internal(e.to_string()))?,
+            };
+            mesh.create_here(&id, new)
+                .await
+                .map_err(NodeError::Unavailable)?;
+        }
         self.make_durable(&cell, &mut state, applied).await?;
         drop(state);
         self.sessions_write().insert(id.clone(), cell.clone());
@@ -746,6 +803,7 @@ impl Node {
             position: state.position.saturating_sub(1),
             view,
             status: state.status.clone(),
+            moved: cell.moved.subscribe(),
         })
     }
 
@@ -812,7 +870,31 @@ impl Node {
                 0,
             ),
         };
-        for (position, bytes) in self.store.journal(id, from)? {
+        // Entries at or past a known position were never durable (a cluster
+        // replica may keep an older epoch's until they are overwritten).
+        let known = state.position;
+        let journal = self
+            .store
+            .journal(id, from)?
+            .into_iter()
+            .take_while(|(position, _)| known == 0 || *position < known);
+        self.replay(id, &mut session, state, journal)?;
+        state.position = session.position();
+        state.live = Some(session);
+        Ok(())
+    }
+
+    /// Replays journal entries `(position, bytes)` into `session`,
+    /// rebuilding what they produced (events, action ids, status) where
+    /// this process has not seen it.
+    fn replay(
+        &self,
+        id: &str,
+        session: &mut Session,
+        state: &mut SessionState,
+        journal: impl IntoIterator<Item = (u64, Vec<u8>)>,
+    ) -> Result<(), NodeError> {
+        for (position, bytes) in journal {
             let entry = JournalEntry::decode(&bytes).map_err(|e| {
                 NodeError::Internal(format!(
                     "journal entry {position} of {id} is unreadable: {e}"
@@ -821,14 +903,219 @@ impl Node {
             let reply = session.replay(&entry).map_err(|e| {
                 NodeError::Internal(format!("replaying entry {position} of {id} failed: {e}"))
             })?;
-            // Rebuild what the entry produced, if this process has not seen it.
             if entry.position >= state.position {
                 Self::remember(&self.config, state, &entry, &reply);
             }
         }
-        state.position = session.position();
-        state.live = Some(session);
         Ok(())
+    }
+
+    // --- the cluster ---------------------------------------------------------
+
+    /// Joins the cluster `config.cluster` names (no-op for a lone node).
+    pub async fn join_cluster(self: &Arc<Self>) -> Result<(), NodeError> {
+        match self.config.cluster.clone() {
+            Some(cluster) => crate::cluster::join(self, &cluster).await,
+            None => Ok(()),
+        }
+    }
+
+    /// This node's view of its cluster: its name and the nodes up.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, NodeError> {
+        let mesh = self
+            .mesh
+            .get()
+            .ok_or_else(|| NodeError::NotFound("this node is not in a cluster".into()))?;
+        let mut peers: Vec<String> = mesh.peers().await.into_iter().map(|p| p.name).collect();
+        peers.sort();
+        Ok(ClusterStatus {
+            name: mesh.name().to_owned(),
+            quic: mesh.addr().to_string(),
+            peers,
+            owned: self.sessions_read().len(),
+        })
+    }
+
+    /// Where this node listens for the cluster (QUIC), in a cluster.
+    pub fn cluster_addr(&self) -> Option<std::net::SocketAddr> {
+        self.mesh.get().map(|m| m.addr())
+    }
+
+    pub(crate) fn has_module_hash(&self, hex: &str) -> bool {
+        self.module_by_hash(hex).is_some()
+    }
+
+    /// The node that owns session `id`, if not this one; an error if the
+    /// cluster knows no such session.
+    pub(crate) async fn owner_elsewhere(&self, id: &str) -> Result<Option<String>, NodeError> {
+        let Some(mesh) = self.mesh.get() else {
+            return Ok(None);
+        };
+        if self.sessions_read().contains_key(id) {
+            return Ok(None);
+        }
+        match mesh.record(id).await {
+            Some(record) if record.owner.name != mesh.name() => Ok(Some(record.owner.name)),
+            Some(_) => Err(NodeError::Unavailable(format!(
+                "session {id} is being taken over by this node; retry shortly"
+            ))),
+            None => Err(NodeError::NotFound(format!(
+                "no session {id} in the cluster"
+            ))),
+        }
+    }
+
+    /// Takes over a session this node came to own (promotion or
+    /// transfer): rebuilt from its replicated record and journal.
+    pub(crate) async fn adopt(self: &Arc<Self>, id: &str) -> Result<(), NodeError> {
+        let Some(mesh) = self.mesh.get() else {
+            return Ok(());
+        };
+        if self.sessions_read().contains_key(id) {
+            return Ok(());
+        }
+        let record = mesh
+            .record(id)
+            .await
+            .ok_or_else(|| NodeError::Internal(format!("no record of {id}")))?;
+        let journal = mesh.journal(id).await;
+        if journal.is_empty() {
+            // Created but never started: its creator runs the start.
+            return Ok(());
+        }
+        let meta: SessionRecord = serde_json::from_slice(&record.meta)
+            .map_err(|e| NodeError::Internal(format!("the record of {id} is unreadable: {e}")))?;
+        let module = match self.module_by_hash(&meta.module_hash) {
+            Some(module) => module,
+            None => {
+                let bytes = crate::cluster::fetch_module(mesh, &meta.module_hash).await?;
+                self.publish(bytes).await?;
+                self.module_by_hash(&meta.module_hash).ok_or_else(|| {
+                    NodeError::Internal(format!("module {} did not load", meta.module))
+                })?
+            }
+        };
+        let cell = self.cell(meta, module);
+        let state = cell.state.clone().lock_owned().await;
+        let node = self.clone();
+        let rebuilt = cell.clone();
+        let (state, pending) = tokio::task::spawn_blocking(move || {
+            let mut state = state;
+            let result = (|| {
+                let mut session =
+                    Session::new(rebuilt.module.clone(), rebuilt.record.limits.clone())
+                        .map_err(NodeError::from_call)?;
+                let entries = journal.into_iter().enumerate().map(|(i, b)| (i as u64, b));
+                node.replay(&rebuilt.record.id, &mut session, &mut state, entries)?;
+                state.position = session.position();
+                state.live = Some(session);
+                // The store's journal may still be catching up: a snapshot
+                // of the exact state is what the next wake starts from.
+                let pending = Self::capture_snapshot(&rebuilt, &mut state)
+                    .ok_or_else(|| NodeError::Internal("capture failed".into()))?;
+                Ok::<_, NodeError>(node.store_snapshot(pending))
+            })();
+            (state, result)
+        })
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+        pending?;
+        let position = state.position;
+        drop(state);
+        let fresh = {
+            let mut sessions = self.sessions_write();
+            if sessions.contains_key(id) {
+                false
+            } else {
+                sessions.insert(id.to_owned(), cell.clone());
+                true
+            }
+        };
+        if fresh {
+            tracing::info!(session = %id, position, "took the session over");
+            self.spawn_ticker(cell);
+        }
+        Ok(())
+    }
+
+    /// Lets go of a session that moved: its players are told to reconnect.
+    pub(crate) async fn release(&self, id: &str) {
+        let Some(cell) = self.sessions_write().remove(id) else {
+            return;
+        };
+        let _ = cell.moved.send(true);
+        cell.ticker.notify_one();
+        // Wait for the call in flight, then drop the instance.
+        cell.state.lock().await.live = None;
+    }
+
+    /// Brings the sessions held here in line with those the core says this
+    /// node owns (after missing some of its events).
+    pub(crate) async fn reconcile(self: &Arc<Self>) {
+        let Some(mesh) = self.mesh.get() else { return };
+        let owned: std::collections::BTreeSet<String> = mesh
+            .owned()
+            .await
+            .into_iter()
+            .filter(|(_, epoch)| *epoch > 1)
+            .map(|(s, _)| s)
+            .collect();
+        let all: std::collections::BTreeSet<String> =
+            mesh.owned().await.into_iter().map(|(s, _)| s).collect();
+        let held: Vec<String> = self.sessions_read().keys().cloned().collect();
+        for id in held.iter().filter(|id| !all.contains(*id)) {
+            self.release(id).await;
+        }
+        for id in owned.iter().filter(|id| !held.contains(*id)) {
+            if let Err(e) = self.adopt(id).await {
+                tracing::error!(session = %id, error = %e, "could not take the session over");
+            }
+        }
+    }
+
+    /// The state of session `id` as this node's replicated copy of its
+    /// journal gives it: rebuilt by replay, for checking a replica.
+    pub async fn replica_state(&self, id: &str) -> Result<ReplicaState, NodeError> {
+        let mesh = self
+            .mesh
+            .get()
+            .ok_or_else(|| NodeError::NotFound("this node is not in a cluster".into()))?;
+        let record = mesh
+            .record(id)
+            .await
+            .ok_or_else(|| NodeError::NotFound(format!("no session {id} in the cluster")))?;
+        let journal = mesh.journal(id).await;
+        let meta: SessionRecord = serde_json::from_slice(&record.meta)
+            .map_err(|e| NodeError::Internal(format!("the record of {id} is unreadable: {e}")))?;
+        let module = self
+            .module_by_hash(&meta.module_hash)
+            .ok_or_else(|| NodeError::NotFound(format!("module {} is not here", meta.module)))?;
+        let cell = self.cell(meta, module);
+        let node_config = self.config.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut state = cell.state.blocking_lock();
+            let mut session = Session::new(cell.module.clone(), cell.record.limits.clone())
+                .map_err(NodeError::from_call)?;
+            for (position, bytes) in journal.iter().enumerate() {
+                let entry = JournalEntry::decode(bytes).map_err(|e| {
+                    NodeError::Internal(format!("replicated entry {position} is unreadable: {e}"))
+                })?;
+                let reply = session.replay(&entry).map_err(|e| {
+                    NodeError::Internal(format!("replaying entry {position} failed: {e}"))
+                })?;
+                Self::remember(&node_config, &mut state, &entry, &reply);
+            }
+            let digest = session.state_digest().map_err(NodeError::from_call)?;
+            Ok(ReplicaState {
+                owner: record.owner.name.clone(),
+                epoch: record.epoch,
+                replica: record.replica.clone(),
+                position: session.position(),
+                digest: tokens::hex(&digest),
+            })
+        })
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?
     }
 
     /// Applies `call` to a live session: the entry is queued for the
@@ -935,24 +1222,32 @@ impl Node {
         state: &mut SessionState,
         applied: Applied,
     ) -> Result<(), NodeError> {
-        // Entries commit in order, so the last one's ack covers them all.
         let queued = Instant::now();
         let entries = applied.encoded.len() as u64;
         let bytes: u64 = applied.encoded.iter().map(|(_, b)| b.len() as u64).sum();
-        let mut last = None;
-        for (position, bytes) in applied.encoded {
-            let (tx, rx) = oneshot::channel();
-            self.journal
-                .append(&cell.record.id, position, bytes, move |result| {
-                    let _ = tx.send(result);
-                });
-            last = Some(rx);
-        }
-        let durable = match last {
-            Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
-            None => Ok(()),
+        let encoded: Vec<Vec<u8>> = applied.encoded.into_iter().map(|(_, b)| b).collect();
+        let mut late = None;
+        let durable = match self.mesh.get() {
+            Some(mesh) => match mesh.append(&cell.record.id, encoded).await {
+                // Appended: the entries are the session's history now, even
+                // if not yet confirmed, so the instance keeps them.
+                Ok(appended) => {
+                    late = appended.durable().await.err();
+                    Ok(())
+                }
+                Err(reason) if reason.starts_with("not the owner") => {
+                    Err(NodeError::Moved(format!("the session moved: {reason}")))
+                }
+                Err(reason) => Err(NodeError::Unavailable(format!(
+                    "the session cannot take actions right now: {reason}"
+                ))),
+            },
+            None => {
+                self.append_local(&cell.record.id, applied.entry.position, encoded)
+                    .await
+            }
         };
-        if durable.is_ok() {
+        if durable.is_ok() && late.is_none() {
             self.metrics
                 .journaled(&cell.record.module, entries, bytes, queued.elapsed());
         }
@@ -962,9 +1257,7 @@ impl Node {
             state.live = None;
             state.position = applied.entry.position;
             state.ring.retain(|b| b.seq < applied.entry.position);
-            return Err(NodeError::Unavailable(format!(
-                "the journal could not be written: {e}"
-            )));
+            return Err(e);
         }
         if let Some(batch) = state
             .ring
@@ -979,7 +1272,38 @@ impl Node {
         if state.since_snapshot >= self.config.snapshot_every {
             self.snapshot_in_background(cell, state);
         }
-        Ok(())
+        match late {
+            Some(reason) => Err(NodeError::Unavailable(format!(
+                "applied but not yet acknowledged by the replica ({reason}); \
+                 retry with the same action id"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes entries (from `position` on) to this node's journal and
+    /// waits until they are durable. Entries commit in order, so the last
+    /// one's ack covers them all.
+    async fn append_local(
+        &self,
+        session: &str,
+        position: u64,
+        entries: Vec<Vec<u8>>,
+    ) -> Result<(), NodeError> {
+        let mut last = None;
+        for (i, bytes) in entries.into_iter().enumerate() {
+            let (tx, rx) = oneshot::channel();
+            self.journal
+                .append(session, position + i as u64, bytes, move |result| {
+                    let _ = tx.send(result);
+                });
+            last = Some(rx);
+        }
+        match last {
+            Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
+            None => Ok(()),
+        }
+        .map_err(|e| NodeError::Unavailable(format!("the journal could not be written: {e}")))
     }
 
     /// Captures a checkpoint now (microseconds, under the lock) and encodes
@@ -1046,7 +1370,7 @@ impl Node {
     /// deadline, never polls.
     async fn run_ticker(self: Arc<Self>, cell: Arc<SessionCell>) {
         loop {
-            if self.shutting_down.load(Ordering::Relaxed) {
+            if self.shutting_down.load(Ordering::Relaxed) || *cell.moved.borrow() {
                 return;
             }
             let due = cell.state.lock().await.next_tick;
@@ -1206,6 +1530,35 @@ impl Node {
     }
 }
 
+/// A node's view of its cluster (see [`Node::cluster_status`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This node's name.
+    pub name: String,
+    /// Where it listens for other nodes.
+    pub quic: String,
+    /// The other nodes it sees up, by name.
+    pub peers: Vec<String>,
+    /// Sessions it owns.
+    pub owned: usize,
+}
+
+/// A session as a node's replicated journal rebuilds it (see
+/// [`Node::replica_state`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicaState {
+    /// The owner's node name, per the records.
+    pub owner: String,
+    /// The owner's epoch.
+    pub epoch: u64,
+    /// The replica's node name.
+    pub replica: String,
+    /// Journal entries held.
+    pub position: u64,
+    /// SHA-256 over the rebuilt instance's memory and globals, hex.
+    pub digest: String,
+}
+
 /// A session's durable history (see [`Node::export`]). Bytes are hex.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Export {
@@ -1314,6 +1667,8 @@ pub(crate) struct Joined {
     pub(crate) position: u64,
     pub(crate) view: serde_json::Value,
     pub(crate) status: wire::Status,
+    /// Turns true when the session moved to another node.
+    pub(crate) moved: watch::Receiver<bool>,
 }
 
 /// A journaled call's result, waiting to be made durable: the call's

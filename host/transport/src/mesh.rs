@@ -519,13 +519,13 @@ impl Mesh {
     }
 
     /// Opens a bidirectional stream to node `name`.
-    pub async fn open(
-        &self,
-        name: &str,
-    ) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
+    pub async fn open(&self, name: &str) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
         let wanted = name.to_owned();
         let connection = self
-            .ask(|reply| Command::Connection { name: wanted, reply })
+            .ask(|reply| Command::Connection {
+                name: wanted,
+                reply,
+            })
             .await
             .flatten()
             .ok_or_else(|| format!("not connected to {name}"))?;
@@ -848,10 +848,9 @@ impl Driver {
         let writes = self.journals.entry(session.clone()).or_default();
         writes.written = writes.written.max(generation);
         let written = writes.written;
-        let (ready, held): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.held)
-                .into_iter()
-                .partition(|(g, _, m)| *g <= written && about_durable(m) == Some(session.as_str()));
+        let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(g, _, m)| *g <= written && about_durable(m) == Some(session.as_str()));
         self.held = held;
         for (_, to, message) in ready {
             self.send(to, message);

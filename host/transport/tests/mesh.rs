@@ -237,7 +237,9 @@ async fn a_cluster_forms_from_one_seed_places_sessions_and_fails_over() {
         );
         for (n, session) in waiting.into_iter().enumerate() {
             action += 1;
-            [&b, &c][n % 2].act(session, action.to_le_bytes().to_vec()).await;
+            [&b, &c][n % 2]
+                .act(session, action.to_le_bytes().to_vec())
+                .await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

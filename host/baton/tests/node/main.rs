@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod cluster;
 mod edge;
 mod lifecycle;
 mod recovery;

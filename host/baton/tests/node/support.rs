@@ -24,7 +24,11 @@ impl Node {
             .arg(data_dir)
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(if std::env::var_os("BATON_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("baton serve starts");
         let stdout = child.stdout.take().expect("stdout");
@@ -58,6 +62,11 @@ impl Node {
             admin_addr,
             token: token.trim().to_owned(),
         }
+    }
+
+    /// The process id, for signals.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL, no warning.

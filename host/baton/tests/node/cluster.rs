@@ -1,0 +1,340 @@
+//! Real `baton serve` processes forming a cluster on loopback: formation
+//! from one seed, placement, play through any node, replica state equal to
+//! the owner's after every acknowledged action, a foreign CA refused, and a
+//! frozen owner that acknowledges nothing once its sessions moved.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::Node;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn baton(args: &[&str], dir: &Path) {
+    let status = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("baton runs");
+    assert!(status.success(), "baton {args:?} failed");
+}
+
+/// A UDP port free right now on loopback.
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A cluster node: `name`, certificates in `certs`, seeds.
+fn start(root: &Path, certs: &Path, name: &str, port: u16, seeds: &[u16]) -> Node {
+    let data = root.join(name);
+    let listen = format!("127.0.0.1:{port}");
+    let seeds: Vec<String> = seeds.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut args = vec![
+        "--node-name",
+        name,
+        "--cluster-listen",
+        &listen,
+        "--certs-dir",
+        certs.to_str().expect("utf-8 path"),
+        "--replication",
+        "replicated",
+    ];
+    for seed in &seeds {
+        args.extend(["--seed", seed]);
+    }
+    Node::start(&data, &args)
+}
+
+/// Waits until `node` sees `peers` (by name) up.
+fn until_peers(node: &Node, peers: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, view) = node.admin("GET", "/v1/cluster", &Value::Null);
+        assert_eq!(status, 200, "{view}");
+        let seen: BTreeSet<&str> = view["peers"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        if peers.iter().all(|p| seen.contains(p)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} sees only {seen:?}",
+            view["name"]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Where a session lives, as `node` knows it: (owner, replica, epoch).
+/// Records reach every node within a few heartbeats.
+fn placement(node: &Node, id: &str) -> (String, String, u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let state = loop {
+        let (status, state) =
+            node.admin("GET", &format!("/v1/sessions/{id}/replica"), &Value::Null);
+        if status == 200 {
+            break state;
+        }
+        assert!(status == 404 && Instant::now() < deadline, "{state}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        state["owner"].as_str().expect("owner").to_owned(),
+        state["replica"].as_str().expect("replica").to_owned(),
+        state["epoch"].as_u64().expect("epoch"),
+    )
+}
+
+async fn connect(node: &Node, id: &str) -> Socket {
+    let url = format!("ws://{}/v1/sessions/{id}/play", node.addr);
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connects")
+        .0
+}
+
+async fn send(socket: &mut Socket, value: Value) {
+    socket
+        .send(Message::Text(value.to_string().into()))
+        .await
+        .expect("sends");
+}
+
+/// The next reply or close, skipping events.
+async fn reply(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("an answer within 10 s");
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                let value: Value = serde_json::from_str(&text).expect("JSON");
+                if value["type"] != "events" {
+                    return value;
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return json!({"closed": frame.map(|f| u16::from(f.code))});
+            }
+            Some(Ok(_)) => continue,
+            None | Some(Err(_)) => return json!({"closed": null}),
+        }
+    }
+}
+
+/// The owner's live state and the replica's rebuilt copy, equal.
+fn assert_replica_equals_owner(nodes: &BTreeMap<String, Node>, id: &str, when: &str) {
+    let any = nodes.values().next().expect("a node");
+    let (owner, replica, _) = placement(any, id);
+    let (status, exported) =
+        nodes[&owner].admin("GET", &format!("/v1/sessions/{id}/export"), &Value::Null);
+    assert_eq!(status, 200, "{exported}");
+    let (status, copy) =
+        nodes[&replica].admin("GET", &format!("/v1/sessions/{id}/replica"), &Value::Null);
+    assert_eq!(status, 200, "{copy}");
+    assert_eq!(
+        (exported["position"].as_u64(), exported["digest"].as_str()),
+        (copy["position"].as_u64(), copy["digest"].as_str()),
+        "{when}: {id}'s replica on {replica} differs from its owner {owner}"
+    );
+}
+
+fn create(through: &Node) -> (String, Vec<String>) {
+    // The cluster may still be forming: placement needs two ready nodes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let request = json!({
+            "module": "minotaur",
+            "players": [{"id": "ann", "name": "Ann"}, {"id": "bob", "name": "Bob"}],
+            "options": {"radius": 4, "hit_points": 99, "max_rounds": 100000, "round_ms": 600000,
+                        "positions": [{"q": -1, "r": 0}, {"q": 1, "r": 0}]},
+            "seed": 7,
+        });
+        let (status, created) = through.admin("POST", "/v1/sessions", &request);
+        if status == 201 {
+            let id = created["id"].as_str().expect("id").to_owned();
+            let tokens = ["ann", "bob"]
+                .iter()
+                .map(|p| created["tokens"][p].as_str().expect("token").to_owned())
+                .collect();
+            return (id, tokens);
+        }
+        assert!(
+            status == 503 && Instant::now() < deadline,
+            "create: {status} {created}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_form_from_one_seed_place_replicate_and_fence_a_frozen_owner() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = root.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("dir");
+    baton(&["certs", "ca"], &certs);
+    for name in ["node-a", "node-b", "node-c"] {
+        baton(&["certs", "node", name], &certs);
+    }
+    let ports = [free_udp_port(), free_udp_port(), free_udp_port()];
+    let mut nodes = BTreeMap::new();
+    nodes.insert(
+        "node-a".to_owned(),
+        start(root.path(), &certs, "node-a", ports[0], &[]),
+    );
+    // b and c know only a's address.
+    nodes.insert(
+        "node-b".to_owned(),
+        start(root.path(), &certs, "node-b", ports[1], &[ports[0]]),
+    );
+    nodes.insert(
+        "node-c".to_owned(),
+        start(root.path(), &certs, "node-c", ports[2], &[ports[0]]),
+    );
+    until_peers(&nodes["node-a"], &["node-b", "node-c"]);
+    until_peers(&nodes["node-b"], &["node-a", "node-c"]);
+    until_peers(&nodes["node-c"], &["node-a", "node-b"]);
+
+    // A node whose certificate comes from another CA is never let in.
+    let stranger_certs = root.path().join("stranger");
+    std::fs::create_dir_all(&stranger_certs).expect("dir");
+    baton(&["certs", "ca"], &stranger_certs);
+    baton(&["certs", "node", "node-x"], &stranger_certs);
+    let stranger = start(
+        root.path(),
+        &stranger_certs,
+        "node-x",
+        free_udp_port(),
+        &ports,
+    );
+
+    // Sessions created through every node land on more than one node.
+    let names: Vec<String> = nodes.keys().cloned().collect();
+    let mut sessions = Vec::new();
+    for i in 0..6 {
+        let (id, tokens) = create(&nodes[&names[i % 3]]);
+        sessions.push((id, tokens));
+    }
+    let owners: BTreeSet<String> = sessions
+        .iter()
+        .map(|(id, _)| placement(&nodes["node-a"], id).0)
+        .collect();
+    assert!(owners.len() >= 2, "all sessions on {owners:?}");
+
+    // Playable through any node; the replica equals the owner after every
+    // acknowledged action.
+    for (n, (id, tokens)) in sessions.iter().enumerate() {
+        assert_replica_equals_owner(&nodes, id, "after the start");
+        let through = &nodes[&names[(n + 1) % 3]];
+        let mut socket = connect(through, id).await;
+        send(&mut socket, json!({"type": "join", "token": tokens[0]})).await;
+        let joined = reply(&mut socket).await;
+        assert_eq!(joined["type"], "joined", "{joined}");
+        for k in 0..3 {
+            let dr = if k % 2 == 0 { 1 } else { -1 };
+            send(
+                &mut socket,
+                json!({"type": "act", "id": format!("m{k}"), "action": {"type": "move", "dq": 0, "dr": dr}}),
+            )
+            .await;
+            let ack = reply(&mut socket).await;
+            assert_eq!(ack["type"], "ack", "{ack}");
+            // One action per round: later ones are refused by the rules,
+            // and journaled all the same.
+            let expected = if k == 0 { "accepted" } else { "rejected" };
+            assert_eq!(ack["result"], expected, "{ack}");
+            assert_replica_equals_owner(&nodes, id, &format!("after action {k}"));
+        }
+    }
+
+    // The stranger saw nobody and nobody saw it.
+    let (_, view) = stranger.admin("GET", "/v1/cluster", &Value::Null);
+    assert_eq!(view["peers"], json!([]), "node-x sees {view}");
+    for node in nodes.values() {
+        let (_, view) = node.admin("GET", "/v1/cluster", &Value::Null);
+        assert!(!view["peers"].to_string().contains("node-x"), "{view}");
+    }
+    let (status, refused) = stranger.admin(
+        "POST",
+        "/v1/sessions",
+        &json!({"module": "minotaur", "players": [{"id": "x", "name": "X"}]}),
+    );
+    assert_eq!(status, 503, "node-x created a session: {refused}");
+
+    // Freeze an owner past its lease: its sessions move to their replicas.
+    // Thawed, it acknowledges nothing for them.
+    let (id, tokens) = &sessions[0];
+    let (frozen, replica, epoch) = placement(&nodes["node-a"], id);
+    let mut direct = connect(&nodes[&frozen], id).await;
+    send(&mut direct, json!({"type": "join", "token": tokens[1]})).await;
+    assert_eq!(reply(&mut direct).await["type"], "joined");
+    let pid = nodes[&frozen].pid().to_string();
+    Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("kill");
+    let watcher = &nodes[&replica];
+    let stopped = Instant::now();
+    let deadline = stopped + Duration::from_secs(20);
+    let moved_in = loop {
+        let (owner, _, now) = placement(watcher, id);
+        if owner != frozen && now > epoch {
+            break stopped.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never moved off frozen {frozen}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!("{id} moved off frozen {frozen} in {moved_in:?}");
+    Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .expect("kill");
+    send(
+        &mut direct,
+        json!({"type": "act", "id": "late", "action": {"type": "move", "dq": 0, "dr": 1}}),
+    )
+    .await;
+    let late = reply(&mut direct).await;
+    assert_ne!(late["type"], "ack", "the thawed owner acknowledged: {late}");
+    // The session plays on at its new owner, reached through any node.
+    let (owner, _, _) = placement(watcher, id);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut socket = connect(&nodes[&names[0]], id).await;
+        send(&mut socket, json!({"type": "join", "token": tokens[1]})).await;
+        if reply(&mut socket).await["type"] == "joined" {
+            send(
+                &mut socket,
+                json!({"type": "act", "id": "after", "action": {"type": "move", "dq": 0, "dr": -1}}),
+            )
+            .await;
+            let ack = reply(&mut socket).await;
+            if ack["type"] == "ack" {
+                assert_eq!(ack["result"], "accepted", "{ack}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "{id} not playable on {owner}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_replica_equals_owner(&nodes, id, "after the move");
+}

@@ -1,0 +1,251 @@
+//! The node as one member of a cluster: joining the mesh, writing the
+//! journals it replicates, taking over the sessions it comes to own,
+//! letting go of those that moved, and forwarding to other nodes over
+//! tunnels (creations, players, module bytes).
+//!
+//! Everything about *who* owns a session is decided by the protocol core
+//! (`baton-cluster`); this module only turns its events into sessions.
+
+use std::sync::Arc;
+
+use baton_cluster::node::{Durable, Event, JournalChange};
+use baton_store::GroupCommit;
+use baton_transport::{Identity, JournalStore, Mesh, MeshConfig};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::config::ClusterConfig;
+use crate::error::NodeError;
+use crate::node::{CreateSession, Created, Node};
+
+/// The node's journal writer, for the mesh: a change's entries land at
+/// their journal positions (index = position) in the node's store.
+struct StoreJournal(Arc<GroupCommit>);
+
+impl JournalStore for StoreJournal {
+    fn write(&self, change: JournalChange, done: Box<dyn FnOnce(Result<(), String>) + Send>) {
+        let count = change.entries.len();
+        if count == 0 {
+            return done(Ok(()));
+        }
+        // Entries commit in order: the last one's result covers them all.
+        let mut done = Some(done);
+        for (i, entry) in change.entries.into_iter().enumerate() {
+            let last = i + 1 == count;
+            let done = if last { done.take() } else { None };
+            self.0.append(
+                &change.session,
+                change.from + i as u64,
+                entry.action,
+                move |result| {
+                    if let Some(done) = done {
+                        done(result.map_err(|e| e.to_string()));
+                    }
+                },
+            );
+        }
+    }
+}
+
+/// The first frame on a tunnel: what the opening node wants.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Forward {
+    /// Create this session here (placement chose this node).
+    Create { id: String, request: CreateSession },
+    /// A player's WebSocket, relayed message by message.
+    Play { session: String },
+    /// A module's bytes, by hash (an empty answer: not here).
+    Module { hash: String },
+}
+
+/// A relayed WebSocket message.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Relayed {
+    Text(String),
+    Close { code: u16, reason: String },
+}
+
+const MAX_FRAME: usize = 64 << 20;
+
+pub(crate) async fn write_frame(
+    stream: &mut quinn::SendStream,
+    bytes: &[u8],
+) -> Result<(), NodeError> {
+    let len =
+        u32::try_from(bytes.len()).map_err(|_| NodeError::Internal("a frame over 4 GiB".into()))?;
+    stream
+        .write_all(&len.to_be_bytes())
+        .await
+        .map_err(tunnel_error)?;
+    stream.write_all(bytes).await.map_err(tunnel_error)
+}
+
+pub(crate) async fn read_frame(stream: &mut quinn::RecvStream) -> Result<Vec<u8>, NodeError> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).await.map_err(tunnel_error)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(NodeError::Internal(format!(
+            "a peer sent a {len}-byte frame"
+        )));
+    }
+    let mut bytes = vec![0u8; len];
+    stream.read_exact(&mut bytes).await.map_err(tunnel_error)?;
+    Ok(bytes)
+}
+
+pub(crate) async fn write_json<T: Serialize>(
+    stream: &mut quinn::SendStream,
+    value: &T,
+) -> Result<(), NodeError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| NodeError::Internal(e.to_string()))?;
+    write_frame(stream, &bytes).await
+}
+
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    stream: &mut quinn::RecvStream,
+) -> Result<T, NodeError> {
+    let bytes = read_frame(stream).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| NodeError::Internal(format!("a peer sent a bad frame: {e}")))
+}
+
+fn tunnel_error(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Unavailable(format!("the link to the session's node broke: {e}"))
+}
+
+/// An error as it crosses a tunnel.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct RemoteError {
+    code: String,
+    message: String,
+}
+
+impl From<NodeError> for RemoteError {
+    fn from(e: NodeError) -> Self {
+        RemoteError {
+            code: e.code().to_owned(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Asks node `owner` to create session `id`.
+pub(crate) async fn forward_create(
+    mesh: &Mesh,
+    owner: &str,
+    id: &str,
+    request: CreateSession,
+) -> Result<Created, NodeError> {
+    let (mut send, mut recv) = mesh.open(owner).await.map_err(NodeError::Unavailable)?;
+    let forward = Forward::Create {
+        id: id.to_owned(),
+        request,
+    };
+    write_json(&mut send, &forward).await?;
+    let _ = send.finish();
+    let answer: Result<Created, RemoteError> = read_json(&mut recv).await?;
+    answer.map_err(|e| NodeError::from_code(&e.code, e.message))
+}
+
+/// Starts the mesh for `node` and follows the cluster from then on.
+pub(crate) async fn join(node: &Arc<Node>, config: &ClusterConfig) -> Result<(), NodeError> {
+    let identity = Identity::from_files(&config.name, &config.cert, &config.key, &config.ca)
+        .map_err(|e| NodeError::Internal(format!("cluster identity: {e}")))?;
+    let mut mesh_config = MeshConfig::new(config.listen, config.seeds.clone());
+    mesh_config.node = config.core();
+    mesh_config.host_version = config.host_version;
+    mesh_config.replication = config.replication;
+    mesh_config.capacity = u32::try_from(node.config.max_sessions).unwrap_or(u32::MAX);
+    let store = Arc::new(StoreJournal(node.journal.clone()));
+    let mesh = Mesh::start(identity, mesh_config, Durable::default(), store)
+        .await
+        .map_err(|e| NodeError::Internal(format!("joining the cluster: {e}")))?;
+    tracing::info!(name = %config.name, quic = %mesh.addr(), seeds = ?config.seeds, replication = ?config.replication, "joined the cluster mesh");
+    let mesh = Arc::new(mesh);
+    let events = mesh.events();
+    let records = mesh.records_changed();
+    node.mesh
+        .set(mesh.clone())
+        .map_err(|_| NodeError::Internal("joined the cluster twice".into()))?;
+    for module in node.modules() {
+        if let Err(e) = mesh.publish_module(&module.id, &module.hash).await {
+            tracing::error!(module = %module.id, error = %e, "module conflicts with the cluster's");
+        }
+    }
+    tokio::spawn(follow(node.clone(), events));
+    tokio::spawn(sync_modules(node.clone(), records));
+    Ok(())
+}
+
+/// Turns ownership events into sessions taken over or let go.
+async fn follow(node: Arc<Node>, mut events: broadcast::Receiver<Event>) {
+    loop {
+        match events.recv().await {
+            // Epoch 1 is a creation: the creating call starts it itself.
+            Ok(Event::Owner { session, epoch }) if epoch > 1 => {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = node.adopt(&session).await {
+                        tracing::error!(%session, epoch, error = %e, "could not take the session over");
+                    }
+                });
+            }
+            Ok(Event::SteppedDown { session, epoch }) => {
+                tracing::info!(%session, epoch, "the session moved away");
+                node.release(&session).await;
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "fell behind the cluster's events; reconciling");
+                node.reconcile().await;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Fetches every module the cluster knows and this node lacks, whenever
+/// the records change.
+async fn sync_modules(node: Arc<Node>, mut records: tokio::sync::watch::Receiver<u64>) {
+    while records.changed().await.is_ok() {
+        let Some(mesh) = node.mesh.get() else { return };
+        for (id, hash) in mesh.modules().await {
+            if node.has_module_hash(&hash) {
+                continue;
+            }
+            match fetch_module(mesh, &hash).await {
+                Ok(bytes) => match node.publish(bytes).await {
+                    Ok(_) => tracing::info!(module = %id, "module fetched from the cluster"),
+                    Err(e) => tracing::error!(module = %id, error = %e, "fetched module refused"),
+                },
+                Err(e) => tracing::warn!(module = %id, error = %e, "module not fetched yet"),
+            }
+        }
+    }
+}
+
+/// A module's bytes from any peer that has them, checked against `hash`.
+pub(crate) async fn fetch_module(mesh: &Mesh, hash: &str) -> Result<Vec<u8>, NodeError> {
+    for peer in mesh.peers().await {
+        let Ok((mut send, mut recv)) = mesh.open(&peer.name).await else {
+            continue;
+        };
+        let asked = Forward::Module {
+            hash: hash.to_owned(),
+        };
+        if write_json(&mut send, &asked).await.is_err() {
+            continue;
+        }
+        let _ = send.finish();
+        let Ok(bytes) = read_frame(&mut recv).await else {
+            continue;
+        };
+        if !bytes.is_empty() && baton_snapshot::ModuleHash::of(&bytes).to_hex() == hash {
+            return Ok(bytes);
+        }
+    }
+    Err(NodeError::Unavailable(format!(
+        "no node could send module {hash}"
+    )))
+}
