@@ -150,6 +150,11 @@ pub(crate) async fn forward_create(
 
 /// Starts the mesh for `node` and follows the cluster from then on.
 pub(crate) async fn join(node: &Arc<Node>, config: &ClusterConfig) -> Result<(), NodeError> {
+    if config.name.is_empty() {
+        return Err(NodeError::BadRequest(
+            "a cluster node needs a name: the DNS name in its certificate".into(),
+        ));
+    }
     let identity = Identity::from_files(&config.name, &config.cert, &config.key, &config.ca)
         .map_err(|e| NodeError::Internal(format!("cluster identity: {e}")))?;
     let mut mesh_config = MeshConfig::new(config.listen, config.seeds.clone());
