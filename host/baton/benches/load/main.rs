@@ -1,4 +1,5 @@
 //! Load benchmark: `cargo bench -p baton --bench load [-- SESSIONS SECONDS HIBERNATED RATE]`.
+//! Replication benchmark (`cluster.rs`): `cargo bench -p baton --bench load -- --cluster [SESSIONS SECONDS]`.
 //!
 //! Starts a real `baton serve` (release build, fsync on) on loopback, opens
 //! two WebSocket players per minotaur session, and has every player act as
@@ -61,6 +62,17 @@ fn cpu_seconds() -> f64 {
 }
 
 mod ceiling;
+mod cluster;
+
+/// One load-generating player: the node it talks to, the session, its
+/// token, and its step (players walk out and back).
+#[derive(Clone)]
+struct Player {
+    addr: SocketAddr,
+    session: String,
+    token: String,
+    step: i32,
+}
 
 /// A server under load: a real `baton serve`, or the native ceiling.
 struct Server {
@@ -95,7 +107,7 @@ impl Server {
 
     /// Creates `sessions` minotaur sessions of two players who walk out and
     /// back on the board (so rounds keep resolving and nobody falls).
-    fn players(&self, sessions: usize) -> Vec<(String, String, i32)> {
+    fn players(&self, sessions: usize) -> Vec<Player> {
         let mut players = Vec::new();
         for _ in 0..sessions {
             let request = json!({
@@ -114,7 +126,12 @@ impl Server {
             let id = created["id"].as_str().expect("created").to_owned();
             for (player, step) in [("a", 1), ("b", -1)] {
                 let token = created["tokens"][player].as_str().expect("token");
-                players.push((id.clone(), token.to_owned(), step));
+                players.push(Player {
+                    addr: self.addr,
+                    session: id.clone(),
+                    token: token.to_owned(),
+                    step,
+                });
             }
         }
         players
@@ -139,11 +156,10 @@ struct Phase {
     p99: Duration,
 }
 
-/// Runs the closed-loop phase and the paced phase against `server`.
+/// Runs the closed-loop phase and the paced phase with `players`.
 fn measure(
     runtime: &tokio::runtime::Runtime,
-    server: &Server,
-    players: &[(String, String, i32)],
+    players: &[Player],
     seconds: u64,
     rate: f64,
 ) -> [Phase; 2] {
@@ -156,7 +172,7 @@ fn measure(
             ),
         };
         let (mut rtts, elapsed, cpu) =
-            runtime.block_on(run_players(server.addr, players.to_vec(), seconds, pace));
+            runtime.block_on(run_players(players.to_vec(), seconds, pace));
         rtts.sort_unstable();
         let pct = |q: f64| {
             rtts.get(((rtts.len() as f64 - 1.0) * q) as usize)
@@ -187,6 +203,9 @@ fn measure(
 fn main() {
     if std::env::args().any(|a| a == "--ceiling-server") {
         return ceiling::serve();
+    }
+    if std::env::args().any(|a| a == "--cluster") {
+        return cluster::run_benchmark();
     }
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -230,13 +249,13 @@ fn main() {
     println!("baton node (Wasm rules, journal fsynced before every ack, snapshots):");
     let players = node.players(sessions);
     let live_rss = node.rss_kib();
-    let baton = measure(&runtime, &node, &players, seconds, rate);
+    let baton = measure(&runtime, &players, seconds, rate);
 
     println!("native ceiling (same protocol, rules compiled in, no journal, no snapshots):");
     let mut command = Command::new(std::env::current_exe().expect("this benchmark"));
     command.arg("--ceiling-server");
     let native = Server::start(command, String::new());
-    let ceiling = measure(&runtime, &native, &native.players(sessions), seconds, rate);
+    let ceiling = measure(&runtime, &native.players(sessions), seconds, rate);
     drop(native);
     println!(
         "  ceiling / baton           {:>9.2}x throughput (closed loop; goal <= 2x), paced p99 {:.2} ms vs {:.2} ms",
@@ -295,8 +314,7 @@ fn main() {
 /// or paced at `rate` actions per second. Returns the round trips, the
 /// elapsed seconds and the CPU this process used.
 async fn run_players(
-    addr: SocketAddr,
-    players: Vec<(String, String, i32)>,
+    players: Vec<Player>,
     seconds: u64,
     rate: Option<f64>,
 ) -> (Vec<Duration>, f64, f64) {
@@ -304,8 +322,14 @@ async fn run_players(
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (i, (id, token, step)) in players.into_iter().enumerate() {
+    for (i, player) in players.into_iter().enumerate() {
         let stop = stop.clone();
+        let Player {
+            addr,
+            session: id,
+            token,
+            step,
+        } = player;
         tasks.push(tokio::spawn(async move {
             let url = format!("ws://{addr}/v1/sessions/{id}/play");
             let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else {
@@ -337,7 +361,12 @@ async fn run_players(
                 }
                 loop {
                     match ws.next().await {
-                        Some(Ok(Message::Text(text))) if text.contains("\"ack\"") || text.contains("\"error\"") => break,
+                        Some(Ok(Message::Text(text))) if text.contains("\"ack\"") => break,
+                        // Only acknowledged actions count: an error would flatter the figures.
+                        Some(Ok(Message::Text(text))) if text.contains("\"error\"") => {
+                            eprintln!("player {i}: {text}");
+                            return rtts;
+                        }
                         Some(Ok(_)) => continue,
                         _ => return rtts,
                     }

@@ -8,14 +8,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::Node;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use crate::support::{Node, Socket, connect, send};
 
 fn baton(args: &[&str], dir: &Path) {
     let status = Command::new(env!("CARGO_BIN_EXE_baton"))
@@ -99,21 +96,6 @@ fn placement(node: &Node, id: &str) -> (String, String, u64) {
         state["replica"].as_str().expect("replica").to_owned(),
         state["epoch"].as_u64().expect("epoch"),
     )
-}
-
-async fn connect(node: &Node, id: &str) -> Socket {
-    let url = format!("ws://{}/v1/sessions/{id}/play", node.addr);
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("connects")
-        .0
-}
-
-async fn send(socket: &mut Socket, value: Value) {
-    socket
-        .send(Message::Text(value.to_string().into()))
-        .await
-        .expect("sends");
 }
 
 /// The next reply or close, skipping events.

@@ -176,3 +176,23 @@ pub(crate) fn try_http(
     let body = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()));
     Ok((status, body))
 }
+
+/// A player's WebSocket.
+pub(crate) type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a player WebSocket to session `id` through `node`.
+pub(crate) async fn connect(node: &Node, id: &str) -> Socket {
+    let url = format!("ws://{}/v1/sessions/{id}/play", node.addr);
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connects")
+        .0
+}
+
+/// Sends one JSON message.
+pub(crate) async fn send(socket: &mut Socket, value: Value) {
+    use futures_util::SinkExt;
+    let text = tokio_tungstenite::tungstenite::Message::Text(value.to_string().into());
+    socket.send(text).await.expect("sends");
+}

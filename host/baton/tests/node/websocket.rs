@@ -5,25 +5,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::Node;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(node: &Node, id: &str) -> Socket {
-    let url = format!("ws://{}/v1/sessions/{id}/play", node.addr);
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("connects")
-        .0
-}
-
-async fn send(socket: &mut Socket, value: Value) {
-    socket
-        .send(Message::Text(value.to_string().into()))
-        .await
-        .expect("sends");
-}
+use crate::support::{Node, Socket, connect, send};
 
 /// The next JSON message (skipping pings); `None` when closed.
 async fn next(socket: &mut Socket) -> Option<Value> {
