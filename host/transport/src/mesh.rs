@@ -715,10 +715,10 @@ impl Driver {
                 new,
                 reply,
             } => match self.node.create_here(&session, new, now) {
-                Ok(record) => {
+                // Answered once the replica's first acknowledgement starts it.
+                Ok(_) => {
                     let deadline = now + self.ack_timeout.as_millis() as u64;
                     self.starting.insert(session, (deadline, reply));
-                    let _ = record;
                 }
                 Err(e) => {
                     let _ = reply.send(Err(e));
