@@ -43,4 +43,4 @@ pub mod placement;
 pub mod sim;
 
 pub use membership::NodeId;
-pub use node::{ClusterNode, Config, Event, Message};
+pub use node::{ClusterNode, Config, Event, Message, Refusal};

@@ -117,6 +117,23 @@ pub struct SessionRecord {
     pub snapshot_seq: u64,
 }
 
+/// Why an owner's append was refused (nothing was appended).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Another node owns the session.
+    #[error("not the owner; {0} is")]
+    NotOwner(NodeId),
+    /// The cluster knows no such session.
+    #[error("no such session")]
+    NoSession,
+    /// The session is being handed off.
+    #[error("the session is moving; retry on its new owner")]
+    Moving,
+    /// The replica has not renewed the lease.
+    #[error("no valid lease; retry shortly")]
+    NoLease,
+}
+
 /// What a new session runs, for its record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NewSession {
@@ -918,10 +935,10 @@ impl ClusterNode {
                 seq,
                 action,
             }),
-            Err(reason) => self.events.push(Event::Refused {
+            Err(refusal) => self.events.push(Event::Refused {
                 session: session.to_owned(),
                 action,
-                reason,
+                reason: refusal.to_string(),
             }),
         }
     }
@@ -934,22 +951,21 @@ impl ClusterNode {
         session: &str,
         action: Vec<u8>,
         now: u64,
-    ) -> Result<(u64, u64), String> {
+    ) -> Result<(u64, u64), Refusal> {
         let ignore = self.config.unsafe_ignore_fencing;
         let known = self.known_epoch(session);
         let Some(Role::Owner(owning)) = self.roles.get_mut(session) else {
             return Err(match self.record(session) {
-                Some(record) => format!("not the owner; {} is", record.owner),
-                None => "no such session".to_owned(),
+                Some(record) => Refusal::NotOwner(record.owner.clone()),
+                None => Refusal::NoSession,
             });
         };
         if !ignore && (owning.fenced || owning.lease_until <= now || owning.epoch < known) {
             return Err(if owning.fenced {
-                "the session is moving; retry on its new owner"
+                Refusal::Moving
             } else {
-                "no valid lease; retry shortly"
-            }
-            .to_owned());
+                Refusal::NoLease
+            });
         }
         let epoch = owning.epoch;
         let journal = self.durable.journals.entry(session.to_owned()).or_default();

@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use baton_cluster::Refusal;
 use baton_runtime::{
     Call, CallError, JournalEntry, Reply, RuleModule, Runtime, RuntimeConfig, Session,
 };
 use baton_sdk::wire::{self, Player, SetupArgs, Viewer};
 use baton_store::{GroupCommit, Published, RedbStore, Store, StoreError};
-use baton_transport::Mesh;
+use baton_transport::{AppendError, Mesh};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Notify, broadcast, oneshot, watch};
 
@@ -50,6 +51,17 @@ pub(crate) struct SessionRecord {
     pub limits: baton_runtime::Limits,
     /// When it was created (ms since the Unix epoch).
     pub created_ms: u64,
+}
+
+impl SessionRecord {
+    /// The node's record of session `id`, as carried in its cluster record.
+    fn from_cluster(
+        id: &str,
+        record: &baton_cluster::node::SessionRecord,
+    ) -> Result<Self, NodeError> {
+        serde_json::from_slice(&record.meta)
+            .map_err(|e| NodeError::Internal(format!("the record of {id} is unreadable: {e}")))
+    }
 }
 
 /// A player of a stored session.
@@ -983,8 +995,7 @@ impl Node {
             // Created but never started: its creator runs the start.
             return Ok(());
         }
-        let meta: SessionRecord = serde_json::from_slice(&record.meta)
-            .map_err(|e| NodeError::Internal(format!("the record of {id} is unreadable: {e}")))?;
+        let meta = SessionRecord::from_cluster(id, &record)?;
         let module = match self.module_by_hash(&meta.module_hash) {
             Some(module) => module,
             None => {
@@ -1075,7 +1086,7 @@ impl Node {
 
     /// The state of session `id` as this node's replicated copy of its
     /// journal gives it: rebuilt by replay, for checking a replica.
-    pub async fn replica_state(&self, id: &str) -> Result<ReplicaState, NodeError> {
+    pub async fn replica_state(self: &Arc<Self>, id: &str) -> Result<ReplicaState, NodeError> {
         let mesh = self
             .mesh
             .get()
@@ -1085,26 +1096,18 @@ impl Node {
             .await
             .ok_or_else(|| NodeError::NotFound(format!("no session {id} in the cluster")))?;
         let journal = mesh.journal(id).await;
-        let meta: SessionRecord = serde_json::from_slice(&record.meta)
-            .map_err(|e| NodeError::Internal(format!("the record of {id} is unreadable: {e}")))?;
+        let meta = SessionRecord::from_cluster(id, &record)?;
         let module = self
             .module_by_hash(&meta.module_hash)
             .ok_or_else(|| NodeError::NotFound(format!("module {} is not here", meta.module)))?;
         let cell = self.cell(meta, module);
-        let node_config = self.config.clone();
+        let node = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut state = cell.state.blocking_lock();
             let mut session = Session::new(cell.module.clone(), cell.record.limits.clone())
                 .map_err(NodeError::from_call)?;
-            for (position, bytes) in journal.iter().enumerate() {
-                let entry = JournalEntry::decode(bytes).map_err(|e| {
-                    NodeError::Internal(format!("replicated entry {position} is unreadable: {e}"))
-                })?;
-                let reply = session.replay(&entry).map_err(|e| {
-                    NodeError::Internal(format!("replaying entry {position} failed: {e}"))
-                })?;
-                Self::remember(&node_config, &mut state, &entry, &reply);
-            }
+            let entries = journal.into_iter().enumerate().map(|(i, b)| (i as u64, b));
+            node.replay(&cell.record.id, &mut session, &mut state, entries)?;
             let digest = session.state_digest().map_err(NodeError::from_call)?;
             Ok(ReplicaState {
                 owner: record.owner.name.clone(),
@@ -1235,11 +1238,11 @@ impl Node {
                     late = appended.durable().await.err();
                     Ok(())
                 }
-                Err(reason) if reason.starts_with("not the owner") => {
-                    Err(NodeError::Moved(format!("the session moved: {reason}")))
+                Err(refused @ AppendError::Refused(Refusal::NotOwner(_))) => {
+                    Err(NodeError::Moved(format!("the session moved: {refused}")))
                 }
-                Err(reason) => Err(NodeError::Unavailable(format!(
-                    "the session cannot take actions right now: {reason}"
+                Err(refused) => Err(NodeError::Unavailable(format!(
+                    "the session cannot take actions right now: {refused}"
                 ))),
             },
             None => {

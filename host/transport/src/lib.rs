@@ -23,7 +23,9 @@ pub mod mesh;
 pub mod tls;
 
 pub use endpoint::{Peer, Transport};
-pub use mesh::{Appended, JournalStore, Mesh, MeshConfig, Replication, Tunnel, Unpersisted};
+pub use mesh::{
+    AppendError, Appended, JournalStore, Mesh, MeshConfig, Replication, Tunnel, Unpersisted,
+};
 pub use tls::{Identity, WIRE_VERSIONS};
 
 /// Everything that can go wrong on the wire, said so that an operator knows

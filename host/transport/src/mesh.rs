@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton_cluster::node::{Durable, Event, JournalChange, Message, NewSession, SessionRecord};
-use baton_cluster::{ClusterNode, Config, NodeId};
+use baton_cluster::{ClusterNode, Config, NodeId, Refusal};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -167,6 +167,23 @@ pub struct Tunnel {
     pub recv: quinn::RecvStream,
 }
 
+/// Why [`Mesh::append`] appended nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// The protocol refused: not the owner, no lease, moving.
+    #[error("{0}")]
+    Refused(#[from] Refusal),
+    /// The journal store failed earlier: nothing more is acknowledged.
+    #[error("the journal store failed: {0}")]
+    StoreFailed(String),
+    /// No entries were given.
+    #[error("nothing to append")]
+    Empty,
+    /// The mesh has stopped.
+    #[error("the mesh stopped")]
+    Stopped,
+}
+
 /// Entries an owner appended: durable once [`Appended::durable`] says so.
 #[derive(Debug)]
 pub struct Appended {
@@ -227,7 +244,7 @@ enum Command {
     Append {
         session: String,
         entries: Vec<Vec<u8>>,
-        reply: oneshot::Sender<Result<Appended, String>>,
+        reply: oneshot::Sender<Result<Appended, AppendError>>,
     },
     Act {
         session: String,
@@ -356,8 +373,6 @@ impl Mesh {
             store,
             written_tx,
             journals: BTreeMap::new(),
-            held: Vec::new(),
-            waiting: Vec::new(),
             starting: BTreeMap::new(),
             failed: None,
         };
@@ -446,7 +461,11 @@ impl Mesh {
 
     /// Appends entries to an owned session's journal under its lease, or
     /// says why not (nothing was appended then).
-    pub async fn append(&self, session: &str, entries: Vec<Vec<u8>>) -> Result<Appended, String> {
+    pub async fn append(
+        &self,
+        session: &str,
+        entries: Vec<Vec<u8>>,
+    ) -> Result<Appended, AppendError> {
         let session = session.to_owned();
         self.ask(|reply| Command::Append {
             session,
@@ -454,7 +473,7 @@ impl Mesh {
             reply,
         })
         .await
-        .unwrap_or_else(|| Err("the mesh stopped".into()))
+        .unwrap_or(Err(AppendError::Stopped))
     }
 
     /// Sends a client's action to the session's owner, wherever it is.
@@ -560,18 +579,22 @@ struct Link {
     connection: quinn::Connection,
 }
 
-/// A session's journal writes: generations issued and written.
+/// A session's journal writes: generations issued and written, and what
+/// waits for them.
 #[derive(Default)]
 struct Writes {
     issued: u64,
     written: u64,
     /// The replica's acknowledgements so far (owner side).
     acked: u64,
+    /// Acknowledgements to peers waiting for a write: (generation, to, message).
+    held: Vec<(u64, NodeId, Message)>,
+    /// Appends waiting to be durable.
+    waiting: Vec<Waiter>,
 }
 
 /// An append waiting to be durable.
 struct Waiter {
-    session: String,
     seq: u64,
     generation: u64,
     deadline: u64,
@@ -598,9 +621,6 @@ struct Driver {
     store: Arc<dyn JournalStore>,
     written_tx: mpsc::UnboundedSender<Written>,
     journals: BTreeMap<String, Writes>,
-    /// Acknowledgements that wait for their journal write: (generation, to, message).
-    held: Vec<(u64, NodeId, Message)>,
-    waiting: Vec<Waiter>,
     starting: BTreeMap<String, (u64, oneshot::Sender<Result<SessionRecord, String>>)>,
     /// The store failed: nothing more is acknowledged (fail-stop).
     failed: Option<String>,
@@ -795,24 +815,25 @@ impl Driver {
         session: String,
         entries: Vec<Vec<u8>>,
         now: u64,
-    ) -> Result<Appended, String> {
+    ) -> Result<Appended, AppendError> {
         if let Some(failed) = &self.failed {
-            return Err(format!("the journal store failed: {failed}"));
+            return Err(AppendError::StoreFailed(failed.clone()));
         }
         let mut last = None;
         for entry in entries {
             // All under one `now`: if the first is allowed, so is the rest.
             last = Some(self.node.append(&session, entry, now)?);
         }
-        let (epoch, seq) = last.ok_or("nothing to append")?;
+        let (epoch, seq) = last.ok_or(AppendError::Empty)?;
         self.write_changes();
-        let generation = self.journals.get(&session).map_or(0, |w| w.issued);
+        let deadline = now + self.ack_timeout.as_millis() as u64;
+        let writes = self.journals.entry(session).or_default();
+        let generation = writes.issued;
         let (tx, rx) = oneshot::channel();
-        self.waiting.push(Waiter {
-            session,
+        writes.waiting.push(Waiter {
             seq,
             generation,
-            deadline: now + self.ack_timeout.as_millis() as u64,
+            deadline,
             reply: tx,
         });
         Ok(Appended {
@@ -848,10 +869,10 @@ impl Driver {
         let writes = self.journals.entry(session.clone()).or_default();
         writes.written = writes.written.max(generation);
         let written = writes.written;
-        let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+        let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut writes.held)
             .into_iter()
-            .partition(|(g, _, m)| *g <= written && about_durable(m) == Some(session.as_str()));
-        self.held = held;
+            .partition(|(g, _, _)| *g <= written);
+        writes.held = held;
         for (_, to, message) in ready {
             self.send(to, message);
         }
@@ -860,15 +881,15 @@ impl Driver {
 
     /// Answers the appends of `session` that are now durable.
     fn settle(&mut self, session: &str) {
-        let writes = self.journals.get(session);
-        let (written, acked) = writes.map_or((0, 0), |w| (w.written, w.acked));
         let replicated = self.replication == Replication::Replicated;
-        let (done, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+        let Some(writes) = self.journals.get_mut(session) else {
+            return;
+        };
+        let (written, acked) = (writes.written, writes.acked);
+        let (done, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut writes.waiting)
             .into_iter()
-            .partition(|w| {
-                w.session == session && w.generation <= written && (!replicated || w.seq <= acked)
-            });
-        self.waiting = rest;
+            .partition(|w| w.generation <= written && (!replicated || w.seq <= acked));
+        writes.waiting = rest;
         for waiter in done {
             let _ = waiter.reply.send(Ok(()));
         }
@@ -876,15 +897,20 @@ impl Driver {
 
     /// Fails what waited too long, or for a session this node lost.
     fn expire(&mut self, now: u64) {
-        let (late, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
-            .into_iter()
-            .partition(|w| w.deadline <= now);
-        self.waiting = rest;
-        for waiter in late {
-            let _ = waiter.reply.send(Err(format!(
-                "not acknowledged within {} ms; retry",
-                self.ack_timeout.as_millis()
-            )));
+        let timeout = self.ack_timeout.as_millis();
+        for writes in self.journals.values_mut() {
+            if writes.waiting.first().is_none_or(|w| w.deadline > now) {
+                continue; // in order of their deadlines: none is late
+            }
+            let (late, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut writes.waiting)
+                .into_iter()
+                .partition(|w| w.deadline <= now);
+            writes.waiting = rest;
+            for waiter in late {
+                let _ = waiter
+                    .reply
+                    .send(Err(format!("not acknowledged within {timeout} ms; retry")));
+            }
         }
         let late: Vec<String> = self
             .starting
@@ -1052,11 +1078,12 @@ impl Driver {
     fn flush(&mut self) {
         self.write_changes();
         for (to, message) in self.node.poll_transmit() {
+            let failed = self.failed.is_some();
             let pending = about_durable(&message)
-                .and_then(|s| self.journals.get(s))
-                .filter(|w| w.written < w.issued || self.failed.is_some());
+                .and_then(|s| self.journals.get_mut(s))
+                .filter(|w| w.written < w.issued || failed);
             match pending {
-                Some(w) => self.held.push((w.issued, to, message)),
+                Some(w) => w.held.push((w.issued, to, message)),
                 None => self.send(to, message),
             }
         }
@@ -1075,17 +1102,13 @@ impl Driver {
                     }
                 }
                 Event::SteppedDown { session, .. } => {
-                    let (lost, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
-                        .into_iter()
-                        .partition(|w| w.session == *session);
-                    self.waiting = rest;
-                    for waiter in lost {
-                        let _ = waiter
-                            .reply
-                            .send(Err("the session moved to another node".into()));
-                    }
                     if let Some(w) = self.journals.get_mut(session) {
                         w.acked = 0;
+                        for waiter in std::mem::take(&mut w.waiting) {
+                            let _ = waiter
+                                .reply
+                                .send(Err("the session moved to another node".into()));
+                        }
                     }
                 }
                 _ => {}
