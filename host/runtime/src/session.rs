@@ -857,10 +857,38 @@ impl Session {
     /// the rollback point and is returned, so that the caller can encode and
     /// store it off the session's path.
     pub fn checkpoint_image(&mut self) -> Result<Arc<Image>, CallError> {
-        let image = Arc::new(self.snapshot()?);
+        Ok(self.checkpoint_with_delta()?.0)
+    }
+
+    /// Like [`Session::checkpoint_image`], and also returns the pages
+    /// changed since the previous capture: what a replica that holds that
+    /// capture needs to reach this one.
+    pub fn checkpoint_with_delta(&mut self) -> Result<(Arc<Image>, Delta), CallError> {
+        self.live()?;
+        let Captured {
+            images,
+            deltas,
+            globals,
+        } = self.live.capture(&self.module, &mut self.hashes, true)?;
+        let base = std::mem::replace(&mut self.captured_at, self.position);
+        let delta = Delta {
+            module: self.module.hash(),
+            base,
+            position: self.position,
+            now: self.now,
+            globals: globals.clone(),
+            memories: deltas,
+        };
+        let image = Arc::new(Image {
+            module: self.module.hash(),
+            position: self.position,
+            now: self.now,
+            globals,
+            memories: images,
+        });
         self.checkpoint = Checkpoint::Image(image.clone());
         self.since_checkpoint.clear();
-        Ok(image)
+        Ok((image, delta))
     }
 
     /// The whole of guest memory `k`, for inspection and tests.

@@ -272,6 +272,43 @@ impl Delta {
         })
     }
 
+    /// Folds the delta that follows this one into it, so that the result
+    /// takes an image from this delta's base straight to `later`'s
+    /// position (a page written twice keeps its later contents).
+    pub fn then(&mut self, later: Delta) -> Result<(), SnapshotError> {
+        if later.module != self.module {
+            return Err(SnapshotError::WrongModule {
+                expected: self.module,
+                found: later.module,
+            });
+        }
+        if later.base != self.position {
+            return Err(SnapshotError::OutOfOrder {
+                base: later.base,
+                position: self.position,
+            });
+        }
+        if later.memories.len() != self.memories.len() {
+            return Err(SnapshotError::Malformed(format!(
+                "the deltas have {} and {} memories",
+                self.memories.len(),
+                later.memories.len()
+            )));
+        }
+        for (memory, changes) in self.memories.iter_mut().zip(later.memories) {
+            memory.size = memory.size.max(changes.size);
+            let mut pages: BTreeMap<u32, Page> = std::mem::take(&mut memory.pages)
+                .into_iter()
+                .collect();
+            pages.extend(changes.pages);
+            memory.pages = pages.into_iter().collect();
+        }
+        self.globals = later.globals;
+        self.position = later.position;
+        self.now = later.now;
+        Ok(())
+    }
+
     /// Number of pages the delta carries.
     pub fn page_count(&self) -> usize {
         self.memories.iter().map(|m| m.pages.len()).sum()
@@ -547,6 +584,41 @@ mod tests {
         // Applying it twice, or to the wrong base, is refused.
         assert!(matches!(
             folded.apply(&decoded),
+            Err(SnapshotError::OutOfOrder { .. })
+        ));
+    }
+
+    #[test]
+    fn two_deltas_folded_equal_both_applied() {
+        let start = sample();
+        let delta = |base, position, pages: Vec<(u32, Page)>| Delta {
+            module: start.module,
+            base,
+            position,
+            now: position * 10,
+            globals: vec![position as u8; 4],
+            memories: vec![
+                MemoryDelta { size: 3, pages },
+                MemoryDelta {
+                    size: 1,
+                    pages: vec![],
+                },
+            ],
+        };
+        let first = delta(42, 45, vec![(3, page(0x10)), (9, page(0x11))]);
+        let second = delta(45, 47, vec![(3, page(0x20)), (40, page(0x21))]);
+        let mut stepwise = start.clone();
+        stepwise.apply(&first).expect("first");
+        stepwise.apply(&second).expect("second");
+        let mut folded = first.clone();
+        folded.then(second.clone()).expect("in order");
+        let mut at_once = start.clone();
+        at_once.apply(&folded).expect("folded");
+        assert_eq!(at_once, stepwise);
+        assert_eq!(folded.page_count(), 3);
+        // A delta that does not follow is refused.
+        assert!(matches!(
+            folded.then(first),
             Err(SnapshotError::OutOfOrder { .. })
         ));
     }

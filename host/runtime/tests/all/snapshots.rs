@@ -341,6 +341,58 @@ fn deltas_folded_in_order_restore_the_same_session() {
 }
 
 #[test]
+fn a_replica_that_folds_checkpoint_deltas_holds_the_owners_checkpoint() {
+    // What a replica does: take the first checkpoint whole, then only the
+    // deltas of later ones, some folded together as a busy link would.
+    let game = minotaur_game();
+    let module = game.module.clone();
+    let mut session = Session::new(module.clone(), limits()).unwrap();
+    session
+        .start(setup(&MINOTAUR_PLAYERS, game.options, 3))
+        .unwrap()
+        .unwrap();
+    let (first, _) = session.checkpoint_with_delta().unwrap();
+    let mut replica = (*first).clone();
+    let mut waiting: Option<baton_runtime::Delta> = None;
+    let mut clock = 0;
+    let mut rng = baton_sdk::Rng::from_seed(3);
+    let mut last = first;
+    for round in 0..10 {
+        for _ in 0..1 + rng.below(6) {
+            let op = Op::Act {
+                player: rng.below(4) as usize,
+                template: rng.below(10) as usize,
+                dt: 50,
+            };
+            run(&game, &mut session, &mut clock, &op);
+        }
+        let (image, delta) = session.checkpoint_with_delta().unwrap();
+        assert_eq!(delta.base, last.position);
+        assert_eq!(delta.position, image.position);
+        match &mut waiting {
+            Some(w) => w.then(delta).unwrap(),
+            None => waiting = Some(delta),
+        }
+        if round % 3 != 1 {
+            let delta = waiting.take().unwrap();
+            replica
+                .apply(&baton_runtime::Delta::decode(&delta.encode()).unwrap())
+                .unwrap();
+        }
+        last = image;
+    }
+    if let Some(delta) = waiting.take() {
+        replica.apply(&delta).unwrap();
+    }
+    let mut restored = Session::restore_image(module, limits(), Arc::new(replica)).unwrap();
+    assert_eq!(restored.position(), session.position());
+    assert_eq!(
+        restored.state_digest().unwrap(),
+        session.state_digest().unwrap()
+    );
+}
+
+#[test]
 fn a_snapshot_of_another_module_is_refused() {
     let mut session = started(minotaur(), &["ann", "bob"], "", 1);
     let snapshot = session.snapshot().unwrap().encode();
