@@ -18,7 +18,9 @@ use baton_sdk::wire::{self, Viewer};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
-use crate::cluster::{Forward, Relayed, RemoteError, read_json, write_frame, write_json};
+use crate::cluster::{
+    Forward, Relayed, RemoteError, read_frame, read_json, write_frame, write_json,
+};
 use crate::error::NodeError;
 use crate::node::{ActOutcome, CreateSession, EventBatch, Node};
 
@@ -568,6 +570,12 @@ async fn answer(app: App, tunnel: baton_transport::Tunnel) -> Result<(), NodeErr
         Forward::Module { hash } => {
             let bytes = app.node.module_bytes_by_hash(&hash).unwrap_or_default();
             write_frame(&mut send, &bytes).await?;
+            let _ = send.finish();
+        }
+        Forward::Snapshot(offered) => {
+            let sealed = read_frame(&mut recv).await?;
+            let kept = crate::snapshots::receive(&app.node, offered, sealed).await;
+            write_json(&mut send, &kept.map_err(RemoteError::from)).await?;
             let _ = send.finish();
         }
     }

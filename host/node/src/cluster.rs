@@ -12,15 +12,19 @@ use baton_cluster::node::{Durable, Event, JournalChange};
 use baton_store::GroupCommit;
 use baton_transport::{Identity, JournalStore, Mesh, MeshConfig};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::config::ClusterConfig;
 use crate::error::NodeError;
 use crate::node::{CreateSession, Created, Node};
 
 /// The node's journal writer, for the mesh: a change's entries land at
-/// their journal positions (index = position) in the node's store.
-struct StoreJournal(Arc<GroupCommit>);
+/// their journal positions (index = position) in the node's store. Each
+/// write done is counted in `written`, for those waiting on a journal.
+struct StoreJournal {
+    commit: Arc<GroupCommit>,
+    written: Arc<watch::Sender<u64>>,
+}
 
 impl JournalStore for StoreJournal {
     fn write(&self, change: JournalChange, done: Box<dyn FnOnce(Result<(), String>) + Send>) {
@@ -29,17 +33,18 @@ impl JournalStore for StoreJournal {
             return done(Ok(()));
         }
         // Entries commit in order: the last one's result covers them all.
-        let mut done = Some(done);
+        let mut done = Some((done, self.written.clone()));
         for (i, entry) in change.entries.into_iter().enumerate() {
             let last = i + 1 == count;
             let done = if last { done.take() } else { None };
-            self.0.append(
+            self.commit.append(
                 &change.session,
                 change.from + i as u64,
                 entry.action,
                 move |result| {
-                    if let Some(done) = done {
+                    if let Some((done, written)) = done {
                         done(result.map_err(|e| e.to_string()));
+                        written.send_modify(|n| *n += 1);
                     }
                 },
             );
@@ -56,6 +61,8 @@ pub(crate) enum Forward {
     Play { session: String },
     /// A module's bytes, by hash (an empty answer: not here).
     Module { hash: String },
+    /// A snapshot for the replica; the sealed snapshot follows.
+    Snapshot(crate::snapshots::Offered),
 }
 
 /// A relayed WebSocket message.
@@ -71,13 +78,28 @@ pub(crate) async fn write_frame(
     stream: &mut quinn::SendStream,
     bytes: &[u8],
 ) -> Result<(), NodeError> {
-    let len =
-        u32::try_from(bytes.len()).map_err(|_| NodeError::Internal("a frame over 4 GiB".into()))?;
+    write_frame_parts(stream, &[bytes]).await
+}
+
+/// One frame made of `parts` (sent without joining them first).
+pub(crate) async fn write_frame_parts(
+    stream: &mut quinn::SendStream,
+    parts: &[&[u8]],
+) -> Result<(), NodeError> {
+    let len = parts.iter().map(|p| p.len()).sum::<usize>();
+    if len > MAX_FRAME {
+        return Err(NodeError::TooLarge(format!(
+            "a {len}-byte frame is over the {MAX_FRAME}-byte limit"
+        )));
+    }
     stream
-        .write_all(&len.to_be_bytes())
+        .write_all(&(len as u32).to_be_bytes())
         .await
         .map_err(tunnel_error)?;
-    stream.write_all(bytes).await.map_err(tunnel_error)
+    for part in parts {
+        stream.write_all(part).await.map_err(tunnel_error)?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn read_frame(stream: &mut quinn::RecvStream) -> Result<Vec<u8>, NodeError> {
@@ -117,8 +139,14 @@ fn tunnel_error(e: impl std::fmt::Display) -> NodeError {
 /// An error as it crosses a tunnel.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct RemoteError {
-    code: String,
-    message: String,
+    pub(crate) code: String,
+    pub(crate) message: String,
+}
+
+impl From<RemoteError> for NodeError {
+    fn from(e: RemoteError) -> Self {
+        NodeError::from_code(&e.code, e.message)
+    }
 }
 
 impl From<NodeError> for RemoteError {
@@ -145,7 +173,7 @@ pub(crate) async fn forward_create(
     write_json(&mut send, &forward).await?;
     let _ = send.finish();
     let answer: Result<Created, RemoteError> = read_json(&mut recv).await?;
-    answer.map_err(|e| NodeError::from_code(&e.code, e.message))
+    answer.map_err(NodeError::from)
 }
 
 /// Starts the mesh for `node` and follows the cluster from then on.
@@ -162,7 +190,10 @@ pub(crate) async fn join(node: &Arc<Node>, config: &ClusterConfig) -> Result<(),
     mesh_config.host_version = config.host_version;
     mesh_config.replication = config.replication;
     mesh_config.capacity = u32::try_from(node.config.max_sessions).unwrap_or(u32::MAX);
-    let store = Arc::new(StoreJournal(node.journal.clone()));
+    let store = Arc::new(StoreJournal {
+        commit: node.journal.clone(),
+        written: node.journals_written.clone(),
+    });
     let mesh = Mesh::start(identity, mesh_config, Durable::default(), store)
         .await
         .map_err(|e| NodeError::Internal(format!("joining the cluster: {e}")))?;

@@ -13,6 +13,12 @@
 //!   time the rules asked, hibernation of idle sessions.
 //! - `api`: the HTTP routes and the player WebSocket; parses client input
 //!   once, at the edge.
+//! - `cluster`: the node as a cluster member: joining the mesh, writing
+//!   the journals it replicates, taking over sessions it comes to own, and
+//!   forwarding to other nodes over tunnels.
+//! - `snapshots`: sealing a snapshot with the node's bookkeeping, and
+//!   shipping each session's checkpoints to its replica (deltas, or whole
+//!   to a new replica), one QUIC stream per transfer.
 //! - `error`: [`NodeError`] and its HTTP mapping.
 //! - `metrics`: Prometheus counters and histograms per module version.
 //! - `tokens`: random tokens, stored hashed, compared in constant time.
@@ -27,6 +33,7 @@ mod config;
 mod error;
 mod metrics;
 mod node;
+mod snapshots;
 mod tokens;
 mod web;
 

@@ -30,10 +30,13 @@ impl Histogram {
     }
 }
 
+/// An extra label, `(name, value)`; `None` for none.
+type Label = Option<(&'static str, &'static str)>;
+
 #[derive(Default)]
 struct Registry {
-    /// (metric, module, extra label) -> value.
-    counters: BTreeMap<(&'static str, String, &'static str), u64>,
+    /// (metric, module, extra label as (name, value)) -> value.
+    counters: BTreeMap<(&'static str, String, Label), u64>,
     /// (metric, module) -> histogram.
     histograms: BTreeMap<(&'static str, String), Histogram>,
 }
@@ -57,7 +60,7 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
-    fn add(&self, metric: &'static str, module: &str, label: &'static str, by: u64) {
+    fn add(&self, metric: &'static str, module: &str, label: Label, by: u64) {
         self.with(|r| {
             *r.counters
                 .entry((metric, module.to_owned(), label))
@@ -76,27 +79,41 @@ impl Metrics {
 
     /// An action, from arrival to acknowledgement.
     pub(crate) fn action(&self, module: &str, result: &'static str, took: Duration) {
-        self.add("baton_actions_total", module, result, 1);
+        self.add("baton_actions_total", module, Some(("result", result)), 1);
         self.observe("baton_action_seconds", module, took);
     }
 
     /// Journal entries made durable.
     pub(crate) fn journaled(&self, module: &str, entries: u64, bytes: u64, took: Duration) {
-        self.add("baton_journal_entries_total", module, "", entries);
-        self.add("baton_journal_bytes_total", module, "", bytes);
+        self.add("baton_journal_entries_total", module, None, entries);
+        self.add("baton_journal_bytes_total", module, None, bytes);
         self.observe("baton_journal_commit_seconds", module, took);
     }
 
     /// A snapshot encoded and stored.
     pub(crate) fn snapshot(&self, module: &str, bytes: u64, took: Duration) {
-        self.add("baton_snapshots_total", module, "", 1);
-        self.add("baton_snapshot_bytes_total", module, "", bytes);
+        self.add("baton_snapshots_total", module, None, 1);
+        self.add("baton_snapshot_bytes_total", module, None, bytes);
         self.observe("baton_snapshot_seconds", module, took);
+    }
+
+    /// A snapshot shipped to a session's replica and stored there.
+    pub(crate) fn replica_snapshot(
+        &self,
+        module: &str,
+        kind: &'static str,
+        bytes: u64,
+        took: Duration,
+    ) {
+        let kind = Some(("kind", kind));
+        self.add("baton_replica_snapshots_total", module, kind, 1);
+        self.add("baton_replica_snapshot_bytes_total", module, kind, bytes);
+        self.observe("baton_replica_snapshot_seconds", module, took);
     }
 
     /// A call the rules failed (trap, fuel, memory, output).
     pub(crate) fn rules_failed(&self, module: &str) {
-        self.add("baton_rules_failures_total", module, "", 1);
+        self.add("baton_rules_failures_total", module, None, 1);
     }
 
     /// The Prometheus text format.
@@ -134,13 +151,16 @@ impl Metrics {
                     let _ = writeln!(out, "# TYPE {metric} counter");
                     last = metric;
                 }
-                if label.is_empty() {
-                    let _ = writeln!(out, "{metric}{{module=\"{module}\"}} {value}");
-                } else {
-                    let _ = writeln!(
-                        out,
-                        "{metric}{{module=\"{module}\",result=\"{label}\"}} {value}"
-                    );
+                match label {
+                    None => {
+                        let _ = writeln!(out, "{metric}{{module=\"{module}\"}} {value}");
+                    }
+                    Some((name, label)) => {
+                        let _ = writeln!(
+                            out,
+                            "{metric}{{module=\"{module}\",{name}=\"{label}\"}} {value}"
+                        );
+                    }
                 }
             }
             let mut last = "";

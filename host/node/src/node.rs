@@ -18,6 +18,7 @@ use tokio::sync::{Mutex, Notify, broadcast, oneshot, watch};
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
+use crate::snapshots::{self, Capture, Shipper, SnapshotMeta, Tail};
 use crate::tokens;
 
 /// The events one journaled call produced: pushed to clients under the
@@ -168,6 +169,8 @@ pub(crate) struct SessionCell {
     /// Turns true when the session moved to another node: its players are
     /// told to reconnect, its ticker stops.
     moved: watch::Sender<bool>,
+    /// Ships its checkpoints to its replica (in a cluster).
+    shipper: Arc<Shipper>,
 }
 
 struct SessionState {
@@ -194,10 +197,12 @@ const ACT_MEMORY: usize = 4096;
 pub struct Node {
     pub(crate) config: NodeConfig,
     runtime: Runtime,
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) journal: Arc<GroupCommit>,
     /// The cluster, once joined (see `cluster.rs`).
     pub(crate) mesh: OnceLock<Arc<Mesh>>,
+    /// Counts the cluster's journal changes written to the store here.
+    pub(crate) journals_written: Arc<watch::Sender<u64>>,
     modules: RwLock<BTreeMap<String, Arc<RuleModule>>>,
     sessions: RwLock<HashMap<String, Arc<SessionCell>>>,
     operator_token_sha256: String,
@@ -207,7 +212,7 @@ pub struct Node {
     degraded_until: std::sync::atomic::AtomicU64,
     /// Wakes background tasks at shutdown.
     pub(crate) stop: Notify,
-    metrics: crate::metrics::Metrics,
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Node {
@@ -280,6 +285,7 @@ impl Node {
             store,
             journal,
             mesh: OnceLock::new(),
+            journals_written: Arc::new(watch::channel(0).0),
             modules: RwLock::new(BTreeMap::new()),
             sessions: RwLock::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
@@ -372,6 +378,7 @@ impl Node {
             events,
             ticker: Notify::new(),
             moved: watch::channel(false).0,
+            shipper: Arc::default(),
         })
     }
 
@@ -852,36 +859,7 @@ impl Node {
             return Ok(());
         }
         let id = &cell.record.id;
-        let limits = cell.record.limits.clone();
-        let stored = self.store.snapshot(id)?;
-        let (mut session, from) = match &stored {
-            Some((position, stored)) => {
-                let (meta, bytes) = open_snapshot(stored)?;
-                let session = Session::restore(cell.module.clone(), limits, bytes)
-                    .map_err(|e| NodeError::Internal(e.to_string()))?;
-                if state.position < *position {
-                    // This process never saw what came before the snapshot
-                    // (it just started): take the bookkeeping stored with
-                    // it; the events before it are gone.
-                    state.ring.clear();
-                    state.ring_from = *position;
-                    state.next_tick = meta.next_tick;
-                    if let Some(status) = meta.status {
-                        state.status = status;
-                    }
-                    for (player, client_id, outcome) in meta.acts {
-                        let key = (player, client_id);
-                        state.acts.insert(key.clone(), outcome);
-                        state.act_order.push_back(key);
-                    }
-                }
-                (session, *position)
-            }
-            None => (
-                Session::new(cell.module.clone(), limits).map_err(NodeError::from_call)?,
-                0,
-            ),
-        };
+        let (mut session, from) = self.restore_stored(cell, state, |_, _| true)?;
         // Entries at or past a known position were never durable (a cluster
         // replica may keep an older epoch's until they are overwritten).
         let known = state.position;
@@ -894,6 +872,72 @@ impl Node {
         state.position = session.position();
         state.live = Some(session);
         Ok(())
+    }
+
+    /// The session as this node's stored snapshot has it, if there is one
+    /// and `fits(position, meta)` accepts it, else a fresh instance; with
+    /// the journal position to replay from.
+    fn restore_stored(
+        &self,
+        cell: &SessionCell,
+        state: &mut SessionState,
+        fits: impl FnOnce(u64, &SnapshotMeta) -> bool,
+    ) -> Result<(Session, u64), NodeError> {
+        let limits = cell.record.limits.clone();
+        let stored = self.store.snapshot(&cell.record.id)?;
+        if let Some((position, stored)) = &stored {
+            let (meta, bytes) = snapshots::open(stored)?;
+            if fits(*position, &meta) {
+                let session = Session::restore(cell.module.clone(), limits, bytes)
+                    .map_err(|e| NodeError::Internal(e.to_string()))?;
+                if state.position < *position {
+                    // This process never saw what came before the snapshot
+                    // (it just started, or took the session over): take the
+                    // bookkeeping stored with it; the events before it are
+                    // gone.
+                    state.ring.clear();
+                    state.ring_from = *position;
+                    state.next_tick = meta.next_tick;
+                    if let Some(status) = meta.status {
+                        state.status = status;
+                    }
+                    for (player, client_id, outcome) in meta.acts {
+                        let key = (player, client_id);
+                        state.acts.insert(key.clone(), outcome);
+                        state.act_order.push_back(key);
+                    }
+                }
+                return Ok((session, *position));
+            }
+        }
+        let session = Session::new(cell.module.clone(), limits).map_err(NodeError::from_call)?;
+        Ok((session, 0))
+    }
+
+    /// Rebuilds a session from this node's copy of its cluster journal:
+    /// from the replica snapshot stored here if the journal agrees with it
+    /// (else from the start), then the entries after it. Returns the
+    /// session and the snapshot position it started from.
+    fn rebuild(
+        &self,
+        cell: &SessionCell,
+        state: &mut SessionState,
+        journal: Vec<baton_cluster::node::JournalEntry>,
+    ) -> Result<(Session, u64), NodeError> {
+        let (mut session, from) = self.restore_stored(cell, state, |position, meta| {
+            let before = position
+                .checked_sub(1)
+                .and_then(|b| journal.get(b as usize));
+            matches!((before, &meta.tail), (Some(entry), Some(tail)) if Tail::of(entry) == *tail)
+        })?;
+        let entries = journal
+            .into_iter()
+            .enumerate()
+            .skip(from as usize)
+            .map(|(i, e)| (i as u64, e.action));
+        self.replay(&cell.record.id, &mut session, state, entries)?;
+        state.position = session.position();
+        Ok((session, from))
     }
 
     /// Replays journal entries `(position, bytes)` into `session`,
@@ -990,7 +1034,7 @@ impl Node {
             .record(id)
             .await
             .ok_or_else(|| NodeError::Internal(format!("no record of {id}")))?;
-        let journal = mesh.journal(id).await;
+        let journal = mesh.journal(id, 0).await;
         if journal.is_empty() {
             // Created but never started: its creator runs the start.
             return Ok(());
@@ -1010,27 +1054,24 @@ impl Node {
         let state = cell.state.clone().lock_owned().await;
         let node = self.clone();
         let rebuilt = cell.clone();
-        let (state, pending) = tokio::task::spawn_blocking(move || {
+        let (state, rebuilt_from) = tokio::task::spawn_blocking(move || {
             let mut state = state;
             let result = (|| {
-                let mut session =
-                    Session::new(rebuilt.module.clone(), rebuilt.record.limits.clone())
-                        .map_err(NodeError::from_call)?;
-                let entries = journal.into_iter().enumerate().map(|(i, b)| (i as u64, b));
-                node.replay(&rebuilt.record.id, &mut session, &mut state, entries)?;
-                state.position = session.position();
+                let (session, from) = node.rebuild(&rebuilt, &mut state, journal)?;
                 state.live = Some(session);
                 // The store's journal may still be catching up: a snapshot
-                // of the exact state is what the next wake starts from.
+                // of the exact state is what the next wake starts from (and
+                // what the session's new replica gets first).
                 let pending = Self::capture_snapshot(&rebuilt, &mut state)
                     .ok_or_else(|| NodeError::Internal("capture failed".into()))?;
-                Ok::<_, NodeError>(node.store_snapshot(pending))
+                node.store_snapshot(pending);
+                Ok::<_, NodeError>(from)
             })();
             (state, result)
         })
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))?;
-        pending?;
+        let snapshot = rebuilt_from?;
         let position = state.position;
         drop(state);
         let fresh = {
@@ -1043,7 +1084,7 @@ impl Node {
             }
         };
         if fresh {
-            tracing::info!(session = %id, position, "took the session over");
+            tracing::info!(session = %id, position, snapshot, "took the session over: snapshot + journal after it");
             self.spawn_ticker(cell);
         }
         Ok(())
@@ -1095,7 +1136,7 @@ impl Node {
             .record(id)
             .await
             .ok_or_else(|| NodeError::NotFound(format!("no session {id} in the cluster")))?;
-        let journal = mesh.journal(id).await;
+        let journal = mesh.journal(id, 0).await;
         let meta = SessionRecord::from_cluster(id, &record)?;
         let module = self
             .module_by_hash(&meta.module_hash)
@@ -1104,16 +1145,14 @@ impl Node {
         let node = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut state = cell.state.blocking_lock();
-            let mut session = Session::new(cell.module.clone(), cell.record.limits.clone())
-                .map_err(NodeError::from_call)?;
-            let entries = journal.into_iter().enumerate().map(|(i, b)| (i as u64, b));
-            node.replay(&cell.record.id, &mut session, &mut state, entries)?;
+            let (mut session, snapshot) = node.rebuild(&cell, &mut state, journal)?;
             let digest = session.state_digest().map_err(NodeError::from_call)?;
             Ok(ReplicaState {
                 owner: record.owner.name.clone(),
                 epoch: record.epoch,
                 replica: record.replica.clone(),
                 position: session.position(),
+                snapshot,
                 digest: tokens::hex(&digest),
             })
         })
@@ -1325,8 +1364,8 @@ impl Node {
     /// returns it with the node's bookkeeping as of the same position.
     fn capture_snapshot(cell: &SessionCell, state: &mut SessionState) -> Option<PendingSnapshot> {
         let session = state.live.as_mut()?;
-        let image = match session.checkpoint_image() {
-            Ok(image) => image,
+        let (image, delta) = match session.checkpoint_with_delta() {
+            Ok(captured) => captured,
             Err(e) => {
                 tracing::warn!(session = %cell.record.id, error = %e, "snapshot failed");
                 return None;
@@ -1336,16 +1375,19 @@ impl Node {
         Some(PendingSnapshot {
             id: cell.record.id.clone(),
             module: cell.record.module.clone(),
-            meta: seal_snapshot(state, &[]),
+            meta: snapshot_meta(state),
             image,
+            delta,
+            shipper: cell.shipper.clone(),
         })
     }
 
-    /// Encodes and stores a captured snapshot (blocking). True once durable.
-    fn store_snapshot(&self, pending: PendingSnapshot) -> bool {
+    /// Encodes and stores a captured snapshot (blocking), then offers it
+    /// to the session's replica in a cluster. True once durable here.
+    fn store_snapshot(self: &Arc<Self>, pending: PendingSnapshot) -> bool {
         let started = Instant::now();
-        let mut sealed = pending.meta;
-        sealed.extend_from_slice(&pending.image.encode());
+        let image = Arc::new(pending.image.encode());
+        let sealed = snapshots::seal(&pending.meta, &image);
         match self
             .store
             .put_snapshot(&pending.id, pending.image.position, &sealed)
@@ -1353,6 +1395,24 @@ impl Node {
             Ok(()) => {
                 self.metrics
                     .snapshot(&pending.module, sealed.len() as u64, started.elapsed());
+                if self.mesh.get().is_some() {
+                    let capture = Capture {
+                        position: pending.image.position,
+                        meta: pending.meta,
+                        image,
+                        delta: Some(pending.delta),
+                    };
+                    if pending.shipper.offer(capture)
+                        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+                    {
+                        runtime.spawn(snapshots::ship(
+                            self.clone(),
+                            pending.id,
+                            pending.module,
+                            pending.shipper,
+                        ));
+                    }
+                }
                 true
             }
             Err(e) => {
@@ -1480,7 +1540,7 @@ impl Node {
                     snapshot: match &snapshot {
                         Some((position, stored)) => Some(ExportedSnapshot {
                             position: *position,
-                            bytes: tokens::hex(open_snapshot(stored)?.1),
+                            bytes: tokens::hex(snapshots::open(stored)?.1),
                         }),
                         None => None,
                     },
@@ -1558,6 +1618,9 @@ pub struct ReplicaState {
     pub replica: String,
     /// Journal entries held.
     pub position: u64,
+    /// The position of the snapshot the rebuild started from (one the
+    /// owner shipped here), 0 if it replayed the whole journal.
+    pub snapshot: u64,
     /// SHA-256 over the rebuilt instance's memory and globals, hex.
     pub digest: String,
 }
@@ -1595,18 +1658,9 @@ pub struct ExportedEntry {
     pub entry: String,
 }
 
-/// What the node keeps with a snapshot besides the instance: enough to
-/// answer retried action ids, tick on time and report status after a restart.
-#[derive(Serialize, Deserialize, Default)]
-struct SnapshotMeta {
-    acts: Vec<(String, String, ActOutcome)>,
-    next_tick: Option<u64>,
-    status: Option<wire::Status>,
-}
-
-/// `[meta length u32 LE][meta JSON][snapshot]`: one value in the store, so
-/// the two can never disagree.
-fn seal_snapshot(state: &SessionState, snapshot: &[u8]) -> Vec<u8> {
+/// The node's bookkeeping as of the session's position, to seal with a
+/// snapshot of it (JSON).
+fn snapshot_meta(state: &SessionState) -> Vec<u8> {
     let meta = SnapshotMeta {
         acts: state
             .act_order
@@ -1620,30 +1674,9 @@ fn seal_snapshot(state: &SessionState, snapshot: &[u8]) -> Vec<u8> {
             .collect(),
         next_tick: state.next_tick,
         status: Some(state.status.clone()),
+        tail: None,
     };
-    let meta = serde_json::to_vec(&meta).unwrap_or_default();
-    let mut out = Vec::with_capacity(4 + meta.len() + snapshot.len());
-    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-    out.extend_from_slice(&meta);
-    out.extend_from_slice(snapshot);
-    out
-}
-
-fn open_snapshot(stored: &[u8]) -> Result<(SnapshotMeta, &[u8]), NodeError> {
-    let damaged = || NodeError::Internal("a stored snapshot is damaged".into());
-    let (len, rest) = stored.split_at_checked(4).ok_or_else(damaged)?;
-    let len = u32::from_le_bytes(len.try_into().map_err(|_| damaged())?) as usize;
-    let (meta, snapshot) = rest.split_at_checked(len).ok_or_else(|| {
-        NodeError::Internal(format!(
-            "a stored snapshot is damaged: {} bytes of bookkeeping announced, {} stored",
-            len,
-            rest.len()
-        ))
-    })?;
-    let meta = serde_json::from_slice(meta).map_err(|e| {
-        NodeError::Internal(format!("a stored snapshot's bookkeeping is damaged: {e}"))
-    })?;
-    Ok((meta, snapshot))
+    serde_json::to_vec(&meta).unwrap_or_default()
 }
 
 fn id_of(cell: &SessionCell) -> &str {
@@ -1655,9 +1688,12 @@ fn id_of(cell: &SessionCell) -> &str {
 struct PendingSnapshot {
     id: String,
     module: String,
-    /// The node's bookkeeping, sealed as of the image's position.
+    /// The node's bookkeeping as of the image's position (JSON).
     meta: Vec<u8>,
     image: Arc<baton_runtime::Image>,
+    /// The pages changed since the capture before it.
+    delta: baton_runtime::Delta,
+    shipper: Arc<Shipper>,
 }
 
 /// What a client gets when it joins a session.

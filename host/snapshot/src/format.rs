@@ -297,9 +297,8 @@ impl Delta {
         }
         for (memory, changes) in self.memories.iter_mut().zip(later.memories) {
             memory.size = memory.size.max(changes.size);
-            let mut pages: BTreeMap<u32, Page> = std::mem::take(&mut memory.pages)
-                .into_iter()
-                .collect();
+            let mut pages: BTreeMap<u32, Page> =
+                std::mem::take(&mut memory.pages).into_iter().collect();
             pages.extend(changes.pages);
             memory.pages = pages.into_iter().collect();
         }

@@ -31,7 +31,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use baton_cluster::node::{Durable, Event, JournalChange, Message, NewSession, SessionRecord};
+use baton_cluster::node::{
+    Durable, Event, JournalChange, JournalEntry, Message, NewSession, SessionRecord,
+};
 use baton_cluster::{ClusterNode, Config, NodeId, Refusal};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -252,7 +254,8 @@ enum Command {
     },
     Journal {
         session: String,
-        reply: oneshot::Sender<Vec<Vec<u8>>>,
+        from: u64,
+        reply: oneshot::Sender<Vec<JournalEntry>>,
     },
     Record {
         session: String,
@@ -485,12 +488,17 @@ impl Mesh {
             .await;
     }
 
-    /// The session's journal as this node holds it.
-    pub async fn journal(&self, session: &str) -> Vec<Vec<u8>> {
+    /// The session's journal as this node holds it, from position `from`
+    /// (0-based) on, each entry with the epoch it was applied in.
+    pub async fn journal(&self, session: &str, from: u64) -> Vec<JournalEntry> {
         let session = session.to_owned();
-        self.ask(|reply| Command::Journal { session, reply })
-            .await
-            .unwrap_or_default()
+        self.ask(|reply| Command::Journal {
+            session,
+            from,
+            reply,
+        })
+        .await
+        .unwrap_or_default()
     }
 
     /// The session's record as this node knows it.
@@ -759,13 +767,18 @@ impl Driver {
                     _ => self.node.act(&session, action, now),
                 }
             }
-            Command::Journal { session, reply } => {
+            Command::Journal {
+                session,
+                from,
+                reply,
+            } => {
                 let journal = self
                     .node
                     .durable()
                     .journals
                     .get(&session)
-                    .map(|j| j.iter().map(|e| e.action.clone()).collect())
+                    .and_then(|j| j.get(usize::try_from(from).ok()?..))
+                    .map(<[JournalEntry]>::to_vec)
                     .unwrap_or_default();
                 let _ = reply.send(journal);
             }

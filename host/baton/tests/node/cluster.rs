@@ -1,6 +1,7 @@
 //! Real `baton serve` processes forming a cluster on loopback: formation
 //! from one seed, placement, play through any node, replica state equal to
-//! the owner's after every acknowledged action, a foreign CA refused, and a
+//! the owner's after every acknowledged action (rebuilt from the snapshots
+//! the owner ships, as deltas and whole), a foreign CA refused, and a
 //! frozen owner that acknowledges nothing once its sessions moved.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,7 +39,13 @@ fn start(root: &Path, certs: &Path, name: &str, port: u16, seeds: &[u16]) -> Nod
     let data = root.join(name);
     let listen = format!("127.0.0.1:{port}");
     let seeds: Vec<String> = seeds.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    // Checkpoints every few entries, so that replicas get snapshots (whole,
+    // then deltas) within a handful of actions.
+    let config = root.join(format!("{name}.toml"));
+    std::fs::write(&config, "snapshot_every = 3\n").expect("config written");
     let mut args = vec![
+        "--config",
+        config.to_str().expect("utf-8 path"),
         "--node-name",
         name,
         "--cluster-listen",
@@ -137,6 +144,50 @@ fn assert_replica_equals_owner(nodes: &BTreeMap<String, Node>, id: &str, when: &
     );
 }
 
+/// Waits until the replica rebuilds `id` from a snapshot its owner shipped
+/// (not from the whole journal) and still equals the owner.
+fn until_replica_snapshot(nodes: &BTreeMap<String, Node>, id: &str, when: &str) -> u64 {
+    let any = nodes.values().next().expect("a node");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (owner, replica, _) = placement(any, id);
+        let (status, copy) =
+            nodes[&replica].admin("GET", &format!("/v1/sessions/{id}/replica"), &Value::Null);
+        assert_eq!(status, 200, "{copy}");
+        let snapshot = copy["snapshot"].as_u64().expect("snapshot");
+        if snapshot > 0 {
+            assert_replica_equals_owner(nodes, id, when);
+            return snapshot;
+        }
+        if Instant::now() > deadline {
+            let (_, metrics) = nodes[&owner].http("GET", "/metrics", None, b"");
+            let metrics: Vec<&str> = metrics
+                .as_str()
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("snapshot") && !l.contains("bucket"))
+                .collect();
+            panic!("{when}: {replica} never got a snapshot of {id}: {copy}\n{metrics:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The sum of a counter over every node's metrics, by its labels' text.
+fn counter(nodes: &BTreeMap<String, Node>, metric: &str, labels: &str) -> u64 {
+    nodes
+        .values()
+        .map(|node| {
+            let (_, text) = node.http("GET", "/metrics", None, b"");
+            let text = text.as_str().unwrap_or_default().to_owned();
+            text.lines()
+                .filter(|line| line.starts_with(metric) && line.contains(labels))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 fn create(through: &Node) -> (String, Vec<String>) {
     // The cluster may still be forming: placement needs two ready nodes.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -206,10 +257,12 @@ async fn three_nodes_form_from_one_seed_place_replicate_and_fence_a_frozen_owner
         &ports,
     );
 
-    // Sessions created through every node land on more than one node.
+    // Sessions created through every node land on more than one node
+    // (rendezvous hashing: all eight on one of three nodes is a 1-in-2187
+    // chance).
     let names: Vec<String> = nodes.keys().cloned().collect();
     let mut sessions = Vec::new();
-    for i in 0..6 {
+    for i in 0..8 {
         let (id, tokens) = create(&nodes[&names[i % 3]]);
         sessions.push((id, tokens));
     }
@@ -243,7 +296,15 @@ async fn three_nodes_form_from_one_seed_place_replicate_and_fence_a_frozen_owner
             assert_eq!(ack["result"], expected, "{ack}");
             assert_replica_equals_owner(&nodes, id, &format!("after action {k}"));
         }
+        until_replica_snapshot(&nodes, id, "after three actions");
     }
+    // The first snapshot a replica gets is whole; later ones are deltas.
+    let full = counter(&nodes, "baton_replica_snapshots_total", r#"kind="full""#);
+    let deltas = counter(&nodes, "baton_replica_snapshots_total", r#"kind="delta""#);
+    assert!(
+        full >= 8 && deltas >= 4,
+        "{full} full snapshots and {deltas} deltas shipped"
+    );
 
     // The stranger saw nobody and nobody saw it.
     let (_, view) = stranger.admin("GET", "/v1/cluster", &Value::Null);
@@ -319,4 +380,6 @@ async fn three_nodes_form_from_one_seed_place_replicate_and_fence_a_frozen_owner
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_replica_equals_owner(&nodes, id, "after the move");
+    // The new owner's replica first gets a whole snapshot.
+    until_replica_snapshot(&nodes, id, "after the move");
 }

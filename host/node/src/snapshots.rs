@@ -1,0 +1,415 @@
+//! Snapshots: how one is sealed with the node's bookkeeping, and how an
+//! owner keeps its replica's copy of each session close behind.
+//!
+//! The owner ships each background checkpoint of a session to the
+//! session's replica: as a delta when the replica holds the capture before
+//! it, whole otherwise (a new replica, a transfer that failed). A takeover
+//! then restores the latest snapshot and replays only the journal after it.
+//!
+//! Each transfer is its own QUIC stream, so a bulk snapshot never delays a
+//! heartbeat or a journal acknowledgement. A session has at most one
+//! transfer in flight; captures taken meanwhile fold into the one waiting,
+//! so a slow replica gets fewer, larger deltas, never a growing queue.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use baton_runtime::{Delta, Image};
+use baton_sdk::wire;
+use baton_transport::Mesh;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::cluster::{Forward, RemoteError, read_json, write_frame_parts, write_json};
+use crate::error::NodeError;
+use crate::node::{ActOutcome, Node};
+use crate::tokens;
+
+/// What the node keeps with a snapshot besides the instance: enough to
+/// answer retried action ids, tick on time and report status after a
+/// restart or a takeover.
+#[derive(Serialize, Deserialize, Default)]
+pub(crate) struct SnapshotMeta {
+    pub(crate) acts: Vec<(String, String, ActOutcome)>,
+    pub(crate) next_tick: Option<u64>,
+    pub(crate) status: Option<wire::Status>,
+    /// On a replica: the journal entry just before the snapshot's position
+    /// as the owner had it. A takeover uses the snapshot only if its own
+    /// journal still agrees (a later owner may have rewritten history that
+    /// was never acknowledged).
+    #[serde(default)]
+    pub(crate) tail: Option<Tail>,
+}
+
+/// One journal entry, identified: its epoch and the SHA-256 of its bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Tail {
+    pub(crate) epoch: u64,
+    pub(crate) sha256: String,
+}
+
+impl Tail {
+    pub(crate) fn of(entry: &baton_cluster::node::JournalEntry) -> Self {
+        Tail {
+            epoch: entry.epoch,
+            sha256: tokens::hex(&Sha256::digest(&entry.action)),
+        }
+    }
+}
+
+/// `[meta length u32 LE][meta JSON][snapshot]`: one value in the store, so
+/// the two can never disagree.
+pub(crate) fn seal(meta: &[u8], snapshot: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + meta.len() + snapshot.len());
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(meta);
+    out.extend_from_slice(snapshot);
+    out
+}
+
+/// Splits a sealed snapshot into its bookkeeping and the snapshot.
+pub(crate) fn open(stored: &[u8]) -> Result<(SnapshotMeta, &[u8]), NodeError> {
+    let damaged = || NodeError::Internal("a stored snapshot is damaged".into());
+    let (len, rest) = stored.split_at_checked(4).ok_or_else(damaged)?;
+    let len = u32::from_le_bytes(len.try_into().map_err(|_| damaged())?) as usize;
+    let (meta, snapshot) = rest.split_at_checked(len).ok_or_else(|| {
+        NodeError::Internal(format!(
+            "a stored snapshot is damaged: {} bytes of bookkeeping announced, {} stored",
+            len,
+            rest.len()
+        ))
+    })?;
+    let meta = serde_json::from_slice(meta).map_err(|e| {
+        NodeError::Internal(format!("a stored snapshot's bookkeeping is damaged: {e}"))
+    })?;
+    Ok((meta, snapshot))
+}
+
+/// A checkpoint stored here, waiting to be shipped to the replica.
+pub(crate) struct Capture {
+    /// The journal position it covers.
+    pub(crate) position: u64,
+    /// The node's bookkeeping (JSON).
+    pub(crate) meta: Vec<u8>,
+    /// The full image, encoded.
+    pub(crate) image: Arc<Vec<u8>>,
+    /// The pages changed since the capture before it, if known.
+    pub(crate) delta: Option<Delta>,
+}
+
+/// One session's snapshot shipping (see the module docs).
+#[derive(Default)]
+pub(crate) struct Shipper {
+    state: Mutex<Shipping>,
+    /// A capture was offered (wakes a task waiting for a replica).
+    offered: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Shipping {
+    /// A transfer task is running.
+    sending: bool,
+    /// The next capture to ship.
+    waiting: Option<Capture>,
+    /// The replica and the position of the snapshot it holds.
+    held: Option<(String, u64)>,
+}
+
+impl Shipper {
+    fn with<T>(&self, f: impl FnOnce(&mut Shipping) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Queues a capture; true when the caller is to start the transfer
+    /// task ([`ship`]).
+    pub(crate) fn offer(&self, capture: Capture) -> bool {
+        let start = self.with(|s| {
+            s.waiting = Some(match s.waiting.take() {
+                Some(older) => fold(older, capture),
+                None => capture,
+            });
+            !std::mem::replace(&mut s.sending, true)
+        });
+        self.offered.notify_one();
+        start
+    }
+
+    /// The next capture and what the replica holds; ends the task if none.
+    fn next(&self) -> Option<(Capture, Option<(String, u64)>)> {
+        self.with(|s| match s.waiting.take() {
+            Some(capture) => Some((capture, s.held.clone())),
+            None => {
+                s.sending = false;
+                None
+            }
+        })
+    }
+
+    /// Puts a capture that did not land back in front of what waits.
+    fn keep(&self, capture: Capture) {
+        self.with(|s| {
+            s.waiting = Some(match s.waiting.take() {
+                Some(newer) => fold(capture, newer),
+                None => capture,
+            });
+        });
+    }
+
+    /// The replica is behind the capture: keep it for the next offer.
+    fn requeue(&self, capture: Capture) {
+        self.keep(capture);
+        self.with(|s| s.sending = false);
+    }
+
+    /// Ends the task and forgets what waits (the session is not ours).
+    fn stop(&self) {
+        self.with(|s| {
+            s.waiting = None;
+            s.held = None;
+            s.sending = false;
+        });
+    }
+
+    fn shipped(&self, replica: String, position: u64) {
+        self.with(|s| s.held = Some((replica, position)));
+    }
+
+    /// A transfer failed: the next one goes whole.
+    fn failed(&self) {
+        self.with(|s| s.held = None);
+    }
+}
+
+/// `newer` with `older`'s delta folded in front of its own, so that it
+/// still applies on what the replica holds.
+fn fold(older: Capture, newer: Capture) -> Capture {
+    let delta = match (older.delta, newer.delta) {
+        (Some(mut first), Some(then)) => first.then(then).ok().map(|()| first),
+        _ => None,
+    };
+    Capture { delta, ..newer }
+}
+
+/// How long a replica waits for its journal to reach a shipped snapshot.
+const JOURNAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The first frame of a snapshot transfer; the sealed snapshot follows.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Offered {
+    pub(crate) session: String,
+    pub(crate) position: u64,
+    /// A delta on the snapshot at this position, or `None`: a full one.
+    pub(crate) base: Option<u64>,
+    /// The journal entry before `position`, as the owner has it.
+    pub(crate) tail: Tail,
+}
+
+/// Ships a session's waiting captures to its replica until none wait.
+/// Without a reachable replica (one is being chosen, or it just left) the
+/// capture waits for the records to change or a newer capture.
+pub(crate) async fn ship(node: Arc<Node>, id: String, module: String, shipper: Arc<Shipper>) {
+    let Some(mesh) = node.mesh.get().cloned() else {
+        return shipper.stop();
+    };
+    let mut records = mesh.records_changed();
+    while let Some((capture, held)) = shipper.next() {
+        let Some(record) = mesh
+            .record(&id)
+            .await
+            .filter(|r| r.owner.name == mesh.name())
+        else {
+            return shipper.stop();
+        };
+        let (Some(before), false) = (capture.position.checked_sub(1), record.replica.is_empty())
+        else {
+            shipper.keep(capture);
+            wait_for_change(&mut records, &shipper).await;
+            continue;
+        };
+        let Some(tail) = mesh.journal(&id, before).await.first().map(Tail::of) else {
+            return shipper.stop();
+        };
+        let replica = record.replica;
+        let started = Instant::now();
+        let position = capture.position;
+        let whole = held.as_ref().is_none_or(|(to, _)| *to != replica);
+        match transfer(&mesh, &replica, &id, capture, held.as_ref(), tail).await {
+            Ok((kind, bytes)) => {
+                node.metrics
+                    .replica_snapshot(&module, kind, bytes, started.elapsed());
+                shipper.shipped(replica, position);
+            }
+            Err(Transfer::Behind(capture)) => return shipper.requeue(capture),
+            Err(Transfer::Lost(e)) => {
+                tracing::error!(session = %id, error = %e, "a snapshot could not be encoded");
+                shipper.failed();
+            }
+            Err(Transfer::Failed(capture, e)) => {
+                tracing::warn!(session = %id, %replica, error = %e, "shipping a snapshot failed; the next one goes whole");
+                shipper.failed();
+                shipper.keep(capture);
+                if whole {
+                    // Retrying at once would fail alike: wait for news.
+                    wait_for_change(&mut records, &shipper).await;
+                }
+            }
+        }
+    }
+}
+
+async fn wait_for_change(records: &mut tokio::sync::watch::Receiver<u64>, shipper: &Shipper) {
+    tokio::select! {
+        _ = records.changed() => {}
+        () = shipper.offered.notified() => {}
+    }
+}
+
+/// Why a transfer did not land.
+enum Transfer {
+    /// The replica's journal does not reach the capture yet: keep it.
+    Behind(Capture),
+    Failed(Capture, NodeError),
+    /// Encoding it failed (a panic): it is gone, the next one goes whole.
+    Lost(NodeError),
+}
+
+/// Sends one capture: a delta if the replica holds its base, else whole.
+/// Returns the kind sent and its size.
+async fn transfer(
+    mesh: &Mesh,
+    replica: &str,
+    id: &str,
+    capture: Capture,
+    held: Option<&(String, u64)>,
+    tail: Tail,
+) -> Result<(&'static str, u64), Transfer> {
+    let base = capture
+        .delta
+        .as_ref()
+        .map(|d| d.base)
+        .filter(|base| held.is_some_and(|(to, at)| to == replica && at == base));
+    let (capture, body) = match base {
+        Some(_) => tokio::task::spawn_blocking(move || {
+            let body = capture
+                .delta
+                .as_ref()
+                .map(Delta::encode)
+                .unwrap_or_default();
+            (capture, Arc::new(body))
+        })
+        .await
+        .map_err(|e| Transfer::Lost(NodeError::Internal(e.to_string())))?,
+        None => {
+            let body = capture.image.clone();
+            (capture, body)
+        }
+    };
+    let bytes = (4 + capture.meta.len() + body.len()) as u64;
+    let offered = Forward::Snapshot(Offered {
+        session: id.to_owned(),
+        position: capture.position,
+        base,
+        tail,
+    });
+    let answer = async {
+        let (mut send, mut recv) = mesh.open(replica).await.map_err(NodeError::Unavailable)?;
+        write_json(&mut send, &offered).await?;
+        // Sealed as the store keeps it, without joining the parts first.
+        let meta_len = (capture.meta.len() as u32).to_le_bytes();
+        write_frame_parts(&mut send, &[&meta_len, &capture.meta, &body]).await?;
+        let _ = send.finish();
+        read_json::<Result<(), RemoteError>>(&mut recv).await
+    }
+    .await;
+    let kind = if base.is_some() { "delta" } else { "full" };
+    match answer {
+        Ok(Ok(())) => Ok((kind, bytes)),
+        Ok(Err(e)) if e.code == "unavailable" => Err(Transfer::Behind(capture)),
+        Ok(Err(e)) => Err(Transfer::Failed(capture, e.into())),
+        Err(e) => Err(Transfer::Failed(capture, e)),
+    }
+}
+
+/// Keeps a snapshot the session's owner shipped here, once this node's
+/// copy of the journal holds what the snapshot covers.
+pub(crate) async fn receive(
+    node: &Arc<Node>,
+    offered: Offered,
+    sealed: Vec<u8>,
+) -> Result<(), NodeError> {
+    let mesh = node
+        .mesh
+        .get()
+        .ok_or_else(|| NodeError::NotFound("this node is not in a cluster".into()))?;
+    let id = &offered.session;
+    let before = offered
+        .position
+        .checked_sub(1)
+        .ok_or_else(|| NodeError::BadRequest("a snapshot of position 0".into()))?;
+    // A new replica may still be receiving the record or the journal: wait
+    // for them (as long as an owner waits for a journal acknowledgement).
+    let mut written = node.journals_written.subscribe();
+    let mut records = mesh.records_changed();
+    let give_up = tokio::time::Instant::now() + JOURNAL_WAIT;
+    let record = loop {
+        let record = mesh.record(id).await;
+        let tail = mesh.journal(id, before).await.first().map(Tail::of);
+        if let (Some(record), true) = (record, tail.as_ref() == Some(&offered.tail)) {
+            break record;
+        }
+        tokio::select! {
+            _ = written.changed() => {}
+            _ = records.changed() => {}
+            () = tokio::time::sleep_until(give_up) => {
+                return Err(NodeError::Unavailable(format!(
+                    "this node's journal of {id} does not reach position {} yet",
+                    offered.position
+                )));
+            }
+        }
+    };
+    let node = node.clone();
+    tokio::task::spawn_blocking(move || keep(&node, offered, &sealed, &record.module_hash))
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?
+}
+
+/// Checks a shipped snapshot, folds a delta into the snapshot stored here,
+/// and stores the result with the owner's tail (blocking).
+fn keep(node: &Node, offered: Offered, sealed: &[u8], module: &str) -> Result<(), NodeError> {
+    let unusable =
+        |e: baton_runtime::SnapshotError| NodeError::BadRequest(format!("unusable snapshot: {e}"));
+    let (mut meta, body) = open(sealed)?;
+    let id = &offered.session;
+    let (image, encoded) = match offered.base {
+        None => (Image::decode(body).map_err(unusable)?, None),
+        Some(base) => {
+            let delta = Delta::decode(body).map_err(unusable)?;
+            let stored = node.store.snapshot(id)?;
+            let Some((at, stored)) = stored.filter(|(at, _)| *at == base && delta.base == base)
+            else {
+                return Err(NodeError::Conflict(format!(
+                    "no snapshot of {id} at position {base} here to apply a delta on"
+                )));
+            };
+            let mut image = Image::decode(open(&stored)?.1).map_err(unusable)?;
+            debug_assert_eq!(image.position, at);
+            image.apply(&delta).map_err(unusable)?;
+            let encoded = image.encode();
+            (image, Some(encoded))
+        }
+    };
+    if image.module.to_hex() != module || image.position != offered.position {
+        return Err(NodeError::BadRequest(format!(
+            "the snapshot is of module {} at position {}, not of {id}'s module at {}",
+            image.module.to_hex(),
+            image.position,
+            offered.position
+        )));
+    }
+    meta.tail = Some(offered.tail);
+    let meta = serde_json::to_vec(&meta).map_err(|e| NodeError::Internal(e.to_string()))?;
+    let sealed = seal(&meta, encoded.as_deref().unwrap_or(body));
+    node.store.put_snapshot(id, offered.position, &sealed)?;
+    Ok(())
+}
