@@ -79,16 +79,37 @@ pub async fn serve(
     } else {
         Routes::All
     };
-    let player_server = axum::serve(players, router(node.clone(), routes, stop_rx.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let player_server = axum::serve(
+        no_delay(players),
+        router(node.clone(), routes, stop_rx.clone()),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
     tokio::spawn(stopping);
     match admin {
         Some(admin) => {
-            let admin_server = axum::serve(admin, router(node, Routes::Admin, stop_rx.clone()))
-                .with_graceful_shutdown(stopped(stop_rx));
+            let admin_server = axum::serve(
+                no_delay(admin),
+                router(node, Routes::Admin, stop_rx.clone()),
+            )
+            .with_graceful_shutdown(stopped(stop_rx));
             let (a, b) = tokio::join!(player_server, admin_server);
             a.and(b)
         }
         None => player_server.await,
     }
+}
+
+/// The listener with Nagle's algorithm off on every connection: a reply
+/// is written as two small frames (the events, then the acknowledgement),
+/// and with Nagle on the second waits for the client's delayed ACK, up to
+/// 40 ms.
+fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not turn Nagle's algorithm off");
+        }
+    })
 }

@@ -37,8 +37,8 @@ type Label = Option<(&'static str, &'static str)>;
 struct Registry {
     /// (metric, module, extra label as (name, value)) -> value.
     counters: BTreeMap<(&'static str, String, Label), u64>,
-    /// (metric, module) -> histogram.
-    histograms: BTreeMap<(&'static str, String), Histogram>,
+    /// (metric, module, extra label) -> histogram.
+    histograms: BTreeMap<(&'static str, String, Label), Histogram>,
 }
 
 /// The node's metrics.
@@ -68,10 +68,10 @@ impl Metrics {
         });
     }
 
-    fn observe(&self, metric: &'static str, module: &str, took: Duration) {
+    fn observe(&self, metric: &'static str, module: &str, label: Label, took: Duration) {
         self.with(|r| {
             r.histograms
-                .entry((metric, module.to_owned()))
+                .entry((metric, module.to_owned(), label))
                 .or_default()
                 .observe(took.as_secs_f64())
         });
@@ -80,21 +80,21 @@ impl Metrics {
     /// An action, from arrival to acknowledgement.
     pub(crate) fn action(&self, module: &str, result: &'static str, took: Duration) {
         self.add("baton_actions_total", module, Some(("result", result)), 1);
-        self.observe("baton_action_seconds", module, took);
+        self.observe("baton_action_seconds", module, None, took);
     }
 
     /// Journal entries made durable.
     pub(crate) fn journaled(&self, module: &str, entries: u64, bytes: u64, took: Duration) {
         self.add("baton_journal_entries_total", module, None, entries);
         self.add("baton_journal_bytes_total", module, None, bytes);
-        self.observe("baton_journal_commit_seconds", module, took);
+        self.observe("baton_journal_commit_seconds", module, None, took);
     }
 
     /// A snapshot encoded and stored.
     pub(crate) fn snapshot(&self, module: &str, bytes: u64, took: Duration) {
         self.add("baton_snapshots_total", module, None, 1);
         self.add("baton_snapshot_bytes_total", module, None, bytes);
-        self.observe("baton_snapshot_seconds", module, took);
+        self.observe("baton_snapshot_seconds", module, None, took);
     }
 
     /// A snapshot shipped to a session's replica and stored there.
@@ -108,7 +108,7 @@ impl Metrics {
         let kind = Some(("kind", kind));
         self.add("baton_replica_snapshots_total", module, kind, 1);
         self.add("baton_replica_snapshot_bytes_total", module, kind, bytes);
-        self.observe("baton_replica_snapshot_seconds", module, took);
+        self.observe("baton_replica_snapshot_seconds", module, kind, took);
     }
 
     /// A call the rules failed (trap, fuel, memory, output).
@@ -151,39 +151,31 @@ impl Metrics {
                     let _ = writeln!(out, "# TYPE {metric} counter");
                     last = metric;
                 }
-                match label {
-                    None => {
-                        let _ = writeln!(out, "{metric}{{module=\"{module}\"}} {value}");
-                    }
-                    Some((name, label)) => {
-                        let _ = writeln!(
-                            out,
-                            "{metric}{{module=\"{module}\",{name}=\"{label}\"}} {value}"
-                        );
-                    }
-                }
+                let _ = writeln!(out, "{metric}{{{}}} {value}", labels(module, label));
             }
             let mut last = "";
-            for ((metric, module), h) in &r.histograms {
+            for ((metric, module, label), h) in &r.histograms {
                 if *metric != last {
                     let _ = writeln!(out, "# TYPE {metric} histogram");
                     last = metric;
                 }
+                let labels = labels(module, label);
                 for (upper, count) in BUCKETS.iter().zip(h.counts) {
-                    let _ = writeln!(
-                        out,
-                        "{metric}_bucket{{module=\"{module}\",le=\"{upper}\"}} {count}"
-                    );
+                    let _ = writeln!(out, "{metric}_bucket{{{labels},le=\"{upper}\"}} {count}");
                 }
-                let _ = writeln!(
-                    out,
-                    "{metric}_bucket{{module=\"{module}\",le=\"+Inf\"}} {}",
-                    h.count
-                );
-                let _ = writeln!(out, "{metric}_sum{{module=\"{module}\"}} {}", h.sum);
-                let _ = writeln!(out, "{metric}_count{{module=\"{module}\"}} {}", h.count);
+                let _ = writeln!(out, "{metric}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+                let _ = writeln!(out, "{metric}_sum{{{labels}}} {}", h.sum);
+                let _ = writeln!(out, "{metric}_count{{{labels}}} {}", h.count);
             }
         });
         out
+    }
+}
+
+/// A series' labels in the text format: the module, and the extra one.
+fn labels(module: &str, label: &Label) -> String {
+    match label {
+        None => format!("module=\"{module}\""),
+        Some((name, value)) => format!("module=\"{module}\",{name}=\"{value}\""),
     }
 }

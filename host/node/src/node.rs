@@ -159,6 +159,15 @@ pub enum ActOutcome {
     },
 }
 
+impl ActOutcome {
+    /// The journal position of the action.
+    pub(crate) fn seq(&self) -> u64 {
+        match self {
+            ActOutcome::Accepted { seq } | ActOutcome::Rejected { seq, .. } => *seq,
+        }
+    }
+}
+
 /// One session on this node.
 pub(crate) struct SessionCell {
     pub(crate) record: SessionRecord,
@@ -182,8 +191,7 @@ struct SessionState {
     /// Every batch at or after this position is in `ring`.
     ring_from: u64,
     /// Recent client action ids and what came of them.
-    acts: HashMap<(String, String), ActOutcome>,
-    act_order: VecDeque<(String, String)>,
+    acts: ActMemory,
     next_tick: Option<u64>,
     status: wire::Status,
     since_snapshot: u64,
@@ -191,7 +199,43 @@ struct SessionState {
 }
 
 /// Client action ids remembered per session.
-const ACT_MEMORY: usize = 4096;
+pub(crate) const ACT_MEMORY: usize = 4096;
+
+/// Recent client action ids and what came of them, oldest first.
+#[derive(Default)]
+struct ActMemory {
+    outcomes: HashMap<(String, String), ActOutcome>,
+    order: VecDeque<(String, String)>,
+}
+
+impl ActMemory {
+    fn get(&self, player: &str, client_id: &str) -> Option<&ActOutcome> {
+        self.outcomes
+            .get(&(player.to_owned(), client_id.to_owned()))
+    }
+
+    fn remember(&mut self, player: String, client_id: String, outcome: ActOutcome) {
+        let key = (player, client_id);
+        self.outcomes.insert(key.clone(), outcome);
+        self.order.push_back(key);
+        while self.order.len() > ACT_MEMORY {
+            if let Some(old) = self.order.pop_front() {
+                self.outcomes.remove(&old);
+            }
+        }
+    }
+
+    /// Every remembered id as `(player, id, outcome)`, oldest first.
+    fn entries(&self) -> Vec<(String, String, ActOutcome)> {
+        self.order
+            .iter()
+            .filter_map(|k| {
+                let outcome = self.outcomes.get(k)?.clone();
+                Some((k.0.clone(), k.1.clone(), outcome))
+            })
+            .collect()
+    }
+}
 
 /// The node: one runtime, one store, many sessions.
 pub struct Node {
@@ -368,8 +412,7 @@ impl Node {
                 position: 0,
                 ring: VecDeque::new(),
                 ring_from: 0,
-                acts: HashMap::new(),
-                act_order: VecDeque::new(),
+                acts: ActMemory::default(),
                 next_tick: None,
                 status: wire::Status::Running,
                 since_snapshot: 0,
@@ -719,7 +762,7 @@ impl Node {
         let cell = self.cell_by_id(id)?;
         let mut state = cell.state.clone().lock_owned().await;
         if let Some(client_id) = &client_id
-            && let Some(done) = state.acts.get(&(player.to_owned(), client_id.clone()))
+            && let Some(done) = state.acts.get(player, client_id)
         {
             return Ok(done.clone());
         }
@@ -902,9 +945,7 @@ impl Node {
                         state.status = status;
                     }
                     for (player, client_id, outcome) in meta.acts {
-                        let key = (player, client_id);
-                        state.acts.insert(key.clone(), outcome);
-                        state.act_order.push_back(key);
+                        state.acts.remember(player, client_id, outcome);
                     }
                 }
                 return Ok((session, *position));
@@ -1231,14 +1272,9 @@ impl Node {
                     reason: "unexpected reply".into(),
                 },
             };
-            let key = (player.clone(), client_id.clone());
-            state.acts.insert(key.clone(), outcome);
-            state.act_order.push_back(key);
-            while state.act_order.len() > ACT_MEMORY {
-                if let Some(old) = state.act_order.pop_front() {
-                    state.acts.remove(&old);
-                }
-            }
+            state
+                .acts
+                .remember(player.clone(), client_id.clone(), outcome);
         }
         if let Reply::Status(status) = reply {
             state.status = status.clone();
@@ -1387,7 +1423,7 @@ impl Node {
     fn store_snapshot(self: &Arc<Self>, pending: PendingSnapshot) -> bool {
         let started = Instant::now();
         let image = Arc::new(pending.image.encode());
-        let sealed = snapshots::seal(&pending.meta, &image);
+        let sealed = snapshots::seal(&pending.meta.to_json(), &image);
         match self
             .store
             .put_snapshot(&pending.id, pending.image.position, &sealed)
@@ -1659,24 +1695,14 @@ pub struct ExportedEntry {
 }
 
 /// The node's bookkeeping as of the session's position, to seal with a
-/// snapshot of it (JSON).
-fn snapshot_meta(state: &SessionState) -> Vec<u8> {
-    let meta = SnapshotMeta {
-        acts: state
-            .act_order
-            .iter()
-            .filter_map(|k| {
-                state
-                    .acts
-                    .get(k)
-                    .map(|o| (k.0.clone(), k.1.clone(), o.clone()))
-            })
-            .collect(),
+/// snapshot of it.
+fn snapshot_meta(state: &SessionState) -> SnapshotMeta {
+    SnapshotMeta {
+        acts: state.acts.entries(),
         next_tick: state.next_tick,
         status: Some(state.status.clone()),
         tail: None,
-    };
-    serde_json::to_vec(&meta).unwrap_or_default()
+    }
 }
 
 fn id_of(cell: &SessionCell) -> &str {
@@ -1688,8 +1714,8 @@ fn id_of(cell: &SessionCell) -> &str {
 struct PendingSnapshot {
     id: String,
     module: String,
-    /// The node's bookkeeping as of the image's position (JSON).
-    meta: Vec<u8>,
+    /// The node's bookkeeping as of the image's position.
+    meta: SnapshotMeta,
     image: Arc<baton_runtime::Image>,
     /// The pages changed since the capture before it.
     delta: baton_runtime::Delta,

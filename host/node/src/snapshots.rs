@@ -22,13 +22,13 @@ use sha2::{Digest, Sha256};
 
 use crate::cluster::{Forward, RemoteError, read_json, write_frame_parts, write_json};
 use crate::error::NodeError;
-use crate::node::{ActOutcome, Node};
+use crate::node::{ACT_MEMORY, ActOutcome, Node};
 use crate::tokens;
 
 /// What the node keeps with a snapshot besides the instance: enough to
 /// answer retried action ids, tick on time and report status after a
 /// restart or a takeover.
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Clone, Serialize, Deserialize, Default)]
 pub(crate) struct SnapshotMeta {
     pub(crate) acts: Vec<(String, String, ActOutcome)>,
     pub(crate) next_tick: Option<u64>,
@@ -39,6 +39,37 @@ pub(crate) struct SnapshotMeta {
     /// was never acknowledged).
     #[serde(default)]
     pub(crate) tail: Option<Tail>,
+}
+
+impl SnapshotMeta {
+    pub(crate) fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The same, with only the action ids at or after `base`: what a
+    /// replica that holds the snapshot at `base` lacks.
+    fn since(&self, base: u64) -> Self {
+        SnapshotMeta {
+            acts: self
+                .acts
+                .iter()
+                .filter(|(_, _, outcome)| outcome.seq() >= base)
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
+    }
+
+    /// Folds the bookkeeping of a delta (`later`, ids since this one's
+    /// position) into this one: the same as the owner's at `later`'s
+    /// position.
+    fn then(&mut self, later: SnapshotMeta) {
+        self.acts.extend(later.acts);
+        let over = self.acts.len().saturating_sub(ACT_MEMORY);
+        self.acts.drain(..over);
+        self.next_tick = later.next_tick;
+        self.status = later.status;
+    }
 }
 
 /// One journal entry, identified: its epoch and the SHA-256 of its bytes.
@@ -89,8 +120,8 @@ pub(crate) fn open(stored: &[u8]) -> Result<(SnapshotMeta, &[u8]), NodeError> {
 pub(crate) struct Capture {
     /// The journal position it covers.
     pub(crate) position: u64,
-    /// The node's bookkeeping (JSON).
-    pub(crate) meta: Vec<u8>,
+    /// The node's bookkeeping.
+    pub(crate) meta: SnapshotMeta,
     /// The full image, encoded.
     pub(crate) image: Arc<Vec<u8>>,
     /// The pages changed since the capture before it, if known.
@@ -190,6 +221,9 @@ fn fold(older: Capture, newer: Capture) -> Capture {
     Capture { delta, ..newer }
 }
 
+/// The first wire version whose nodes take snapshot transfers.
+const SNAPSHOT_WIRE_VERSION: u32 = 2;
+
 /// How long a replica waits for its journal to reach a shipped snapshot.
 const JOURNAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -230,6 +264,19 @@ pub(crate) async fn ship(node: Arc<Node>, id: String, module: String, shipper: A
             return shipper.stop();
         };
         let replica = record.replica;
+        match mesh.wire_version(&replica).await {
+            Some(version) if version < SNAPSHOT_WIRE_VERSION => {
+                // An older host: it rebuilds from the journal alone.
+                shipper.failed();
+                continue;
+            }
+            Some(_) => {}
+            None => {
+                shipper.keep(capture);
+                wait_for_change(&mut records, &shipper).await;
+                continue;
+            }
+        }
         let started = Instant::now();
         let position = capture.position;
         let whole = held.as_ref().is_none_or(|(to, _)| *to != replica);
@@ -304,7 +351,11 @@ async fn transfer(
             (capture, body)
         }
     };
-    let bytes = (4 + capture.meta.len() + body.len()) as u64;
+    let meta = match base {
+        Some(base) => capture.meta.since(base).to_json(),
+        None => capture.meta.to_json(),
+    };
+    let bytes = (4 + meta.len() + body.len()) as u64;
     let offered = Forward::Snapshot(Offered {
         session: id.to_owned(),
         position: capture.position,
@@ -315,8 +366,8 @@ async fn transfer(
         let (mut send, mut recv) = mesh.open(replica).await.map_err(NodeError::Unavailable)?;
         write_json(&mut send, &offered).await?;
         // Sealed as the store keeps it, without joining the parts first.
-        let meta_len = (capture.meta.len() as u32).to_le_bytes();
-        write_frame_parts(&mut send, &[&meta_len, &capture.meta, &body]).await?;
+        let meta_len = (meta.len() as u32).to_le_bytes();
+        write_frame_parts(&mut send, &[&meta_len, &meta, &body]).await?;
         let _ = send.finish();
         read_json::<Result<(), RemoteError>>(&mut recv).await
     }
@@ -379,10 +430,10 @@ pub(crate) async fn receive(
 fn keep(node: &Node, offered: Offered, sealed: &[u8], module: &str) -> Result<(), NodeError> {
     let unusable =
         |e: baton_runtime::SnapshotError| NodeError::BadRequest(format!("unusable snapshot: {e}"));
-    let (mut meta, body) = open(sealed)?;
+    let (shipped, body) = open(sealed)?;
     let id = &offered.session;
-    let (image, encoded) = match offered.base {
-        None => (Image::decode(body).map_err(unusable)?, None),
+    let (image, encoded, mut meta) = match offered.base {
+        None => (Image::decode(body).map_err(unusable)?, None, shipped),
         Some(base) => {
             let delta = Delta::decode(body).map_err(unusable)?;
             let stored = node.store.snapshot(id)?;
@@ -392,11 +443,13 @@ fn keep(node: &Node, offered: Offered, sealed: &[u8], module: &str) -> Result<()
                     "no snapshot of {id} at position {base} here to apply a delta on"
                 )));
             };
-            let mut image = Image::decode(open(&stored)?.1).map_err(unusable)?;
+            let (mut meta, image) = open(&stored)?;
+            let mut image = Image::decode(image).map_err(unusable)?;
             debug_assert_eq!(image.position, at);
             image.apply(&delta).map_err(unusable)?;
+            meta.then(shipped);
             let encoded = image.encode();
-            (image, Some(encoded))
+            (image, Some(encoded), meta)
         }
     };
     if image.module.to_hex() != module || image.position != offered.position {
@@ -408,8 +461,62 @@ fn keep(node: &Node, offered: Offered, sealed: &[u8], module: &str) -> Result<()
         )));
     }
     meta.tail = Some(offered.tail);
-    let meta = serde_json::to_vec(&meta).map_err(|e| NodeError::Internal(e.to_string()))?;
-    let sealed = seal(&meta, encoded.as_deref().unwrap_or(body));
+    let sealed = seal(&meta.to_json(), encoded.as_deref().unwrap_or(body));
     node.store.put_snapshot(id, offered.position, &sealed)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(seqs: std::ops::Range<u64>) -> SnapshotMeta {
+        SnapshotMeta {
+            acts: seqs
+                .map(|seq| {
+                    (
+                        "p".to_owned(),
+                        format!("c{seq}"),
+                        ActOutcome::Accepted { seq },
+                    )
+                })
+                .collect(),
+            next_tick: Some(7),
+            ..SnapshotMeta::default()
+        }
+    }
+
+    fn ids(meta: &SnapshotMeta) -> Vec<String> {
+        meta.acts.iter().map(|(_, id, _)| id.clone()).collect()
+    }
+
+    #[test]
+    fn a_replica_folding_a_deltas_ids_holds_the_owners() {
+        let owner = meta(0..30);
+        let mut replica = meta(0..12);
+        replica.then(owner.since(12));
+        assert_eq!(ids(&replica), ids(&owner));
+        assert_eq!(replica.next_tick, owner.next_tick);
+    }
+
+    #[test]
+    fn folded_ids_keep_the_owners_window() {
+        let total = ACT_MEMORY as u64 + 100;
+        let owner_all = meta(0..total);
+        let window = &owner_all.acts[owner_all.acts.len() - ACT_MEMORY..];
+        let mut replica = meta(0..total - 50);
+        replica
+            .acts
+            .drain(..replica.acts.len().saturating_sub(ACT_MEMORY));
+        replica.then(owner_all.since(total - 50));
+        assert_eq!(replica.acts.len(), ACT_MEMORY);
+        assert_eq!(
+            replica.acts.first().map(|a| &a.1),
+            window.first().map(|a| &a.1)
+        );
+        assert_eq!(
+            replica.acts.last().map(|a| &a.1),
+            window.last().map(|a| &a.1)
+        );
+    }
 }

@@ -26,7 +26,7 @@ pub use endpoint::{Peer, Transport};
 pub use mesh::{
     AppendError, Appended, JournalStore, Mesh, MeshConfig, Replication, Tunnel, Unpersisted,
 };
-pub use tls::{Identity, WIRE_VERSIONS};
+pub use tls::{Identity, WIRE_VERSIONS, wire_version_number};
 
 /// Everything that can go wrong on the wire, said so that an operator knows
 /// what to fix.

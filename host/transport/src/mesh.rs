@@ -277,7 +277,7 @@ enum Command {
     },
     Connection {
         name: String,
-        reply: oneshot::Sender<Option<quinn::Connection>>,
+        reply: oneshot::Sender<Option<(quinn::Connection, u32)>>,
     },
     Peers {
         reply: oneshot::Sender<Vec<NodeId>>,
@@ -545,10 +545,20 @@ impl Mesh {
             .unwrap_or_default()
     }
 
+    /// The wire version spoken with node `name` (2 for `baton/2`), if
+    /// connected to it.
+    pub async fn wire_version(&self, name: &str) -> Option<u32> {
+        let name = name.to_owned();
+        self.ask(|reply| Command::Connection { name, reply })
+            .await
+            .flatten()
+            .map(|(_, version)| version)
+    }
+
     /// Opens a bidirectional stream to node `name`.
     pub async fn open(&self, name: &str) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
         let wanted = name.to_owned();
-        let connection = self
+        let (connection, _) = self
             .ask(|reply| Command::Connection {
                 name: wanted,
                 reply,
@@ -585,6 +595,8 @@ struct Link {
     node: Option<NodeId>,
     lanes: Vec<mpsc::Sender<Frame>>,
     connection: quinn::Connection,
+    /// The wire version negotiated with the peer (see `WIRE_VERSIONS`).
+    version: u32,
 }
 
 /// A session's journal writes: generations issued and written, and what
@@ -802,7 +814,7 @@ impl Driver {
                     .links
                     .get(&name)
                     .filter(|l| l.connection.close_reason().is_none())
-                    .map(|l| l.connection.clone());
+                    .map(|l| (l.connection.clone(), l.version));
                 let _ = reply.send(connection);
             }
             Command::Peers { reply } => {
@@ -1069,6 +1081,7 @@ impl Driver {
                 node: None,
                 lanes,
                 connection: peer.connection,
+                version: crate::wire_version_number(&peer.version),
             },
         );
     }

@@ -15,8 +15,19 @@ use crate::certs::check_node_name;
 /// The wire versions this build speaks, newest first, as ALPN protocol ids.
 /// A release that changes the wire adds its version in front and keeps the
 /// previous one, so that nodes one version apart connect during a rolling
-/// deploy; the negotiated one is [`crate::Peer::version`].
-pub const WIRE_VERSIONS: &[&str] = &["baton/1"];
+/// deploy; the negotiated one is [`crate::Peer::version`], and the protocol
+/// above uses only what both sides speak.
+///
+/// - `baton/2`: nodes also ship session snapshots to replicas.
+/// - `baton/1`: records, heartbeats, journals, tunnels.
+pub const WIRE_VERSIONS: &[&str] = &["baton/2", "baton/1"];
+
+/// The number in a wire version id (`baton/2` → 2); 0 if it has none.
+pub fn wire_version_number(id: &str) -> u32 {
+    id.strip_prefix("baton/")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
 
 /// One crypto provider for everything (ring: builds offline with gcc).
 fn provider() -> Arc<CryptoProvider> {
@@ -31,6 +42,8 @@ pub struct Identity {
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     roots: Arc<RootCertStore>,
+    /// The wire versions offered, newest first.
+    versions: Vec<String>,
 }
 
 impl Clone for Identity {
@@ -40,6 +53,7 @@ impl Clone for Identity {
             chain: self.chain.clone(),
             key: self.key.clone_key(),
             roots: self.roots.clone(),
+            versions: self.versions.clone(),
         }
     }
 }
@@ -107,6 +121,7 @@ impl Identity {
             chain,
             key,
             roots: Arc::new(roots),
+            versions: WIRE_VERSIONS.iter().map(|v| (*v).to_owned()).collect(),
         };
         // Fail now, not at the first handshake, on a key that does not
         // match or a chain the CA did not sign.
@@ -135,8 +150,15 @@ impl Identity {
         &self.name
     }
 
-    fn alpn() -> Vec<Vec<u8>> {
-        WIRE_VERSIONS
+    /// Offers only `versions` (newest first) instead of every version
+    /// this build speaks: how a test stands in for an older host.
+    pub fn with_wire_versions(mut self, versions: &[&str]) -> Self {
+        self.versions = versions.iter().map(|v| (*v).to_owned()).collect();
+        self
+    }
+
+    fn alpn(&self) -> Vec<Vec<u8>> {
+        self.versions
             .iter()
             .map(|v| v.as_bytes().to_vec())
             .collect()
@@ -150,7 +172,7 @@ impl Identity {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key.clone_key())?;
-        config.alpn_protocols = Self::alpn();
+        config.alpn_protocols = self.alpn();
         // No 0-RTT: nothing a peer sends counts before the handshake ends.
         config.max_early_data_size = 0;
         Ok(config)
@@ -177,7 +199,7 @@ impl Identity {
             builder.with_root_certificates(self.roots.clone())
         };
         let mut config = builder.with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
-        config.alpn_protocols = Self::alpn();
+        config.alpn_protocols = self.alpn();
         config.enable_early_data = false;
         Ok(config)
     }

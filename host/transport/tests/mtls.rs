@@ -26,7 +26,7 @@ async fn nodes_of_one_ca_connect_and_know_each_other_by_name() {
     });
     let peer = a.connect(b_addr, "node-b").await.expect("connect");
     assert_eq!(peer.name, "node-b");
-    assert_eq!(peer.version, "baton/1");
+    assert_eq!(peer.version, baton_transport::WIRE_VERSIONS[0]);
     let (mut send, mut recv) = peer.connection.open_bi().await.expect("stream");
     send.write_all(b"hello").await.expect("write");
     send.finish().expect("finish");
@@ -37,7 +37,43 @@ async fn nodes_of_one_ca_connect_and_know_each_other_by_name() {
         name, "node-a",
         "the server knows the client by its certificate"
     );
-    assert_eq!(version, "baton/1");
+    assert_eq!(version, baton_transport::WIRE_VERSIONS[0]);
+}
+
+#[tokio::test]
+async fn a_node_one_wire_version_behind_connects_and_one_with_none_in_common_does_not() {
+    let ca = Authority::generate("test cluster").expect("ca");
+    let new = bind(ca.identity("node-new").expect("identity"));
+    let new_addr = new.local_addr().expect("addr");
+    let (versions, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    let server = tokio::spawn(async move {
+        while let Some(peer) = new.accept().await {
+            let _ = versions.send(peer.version);
+        }
+    });
+    // The previous release offers only the previous version.
+    let previous = baton_transport::WIRE_VERSIONS[1];
+    let old = bind(
+        ca.identity("node-old")
+            .expect("identity")
+            .with_wire_versions(&[previous]),
+    );
+    let peer = old.connect(new_addr, "node-new").await.expect("connect");
+    assert_eq!(peer.version, previous);
+    assert_eq!(baton_transport::wire_version_number(&peer.version), 1);
+    assert_eq!(accepted.recv().await.as_deref(), Some(previous));
+    // A host whose versions are all unknown here is refused at the handshake.
+    let far = bind(
+        ca.identity("node-far")
+            .expect("identity")
+            .with_wire_versions(&["baton/99"]),
+    );
+    let refused = far.connect(new_addr, "node-new").await;
+    assert!(
+        refused.is_err(),
+        "a peer with no common wire version connected"
+    );
+    server.abort();
 }
 
 #[tokio::test]

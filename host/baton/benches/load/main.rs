@@ -65,13 +65,35 @@ mod ceiling;
 mod cluster;
 
 /// One load-generating player: the node it talks to, the session, its
-/// token, and its step (players walk out and back).
+/// token, and what it does.
 #[derive(Clone)]
 struct Player {
     addr: SocketAddr,
     session: String,
     token: String,
-    step: i32,
+    moves: Moves,
+}
+
+/// A player's actions.
+#[derive(Clone, Copy)]
+enum Moves {
+    /// Minotaur: walk `step` cells out and back, so both players stay on
+    /// the board.
+    Walk { step: i32 },
+    /// The misbehave fixture: add to its counter (a big state, a small change).
+    Count,
+}
+
+impl Moves {
+    fn action(self, n: u64) -> Value {
+        match self {
+            Moves::Walk { step } => {
+                let dq = if n.is_multiple_of(2) { step } else { -step };
+                json!({"type": "move", "dq": dq, "dr": 0})
+            }
+            Moves::Count => json!({"add": 1}),
+        }
+    }
 }
 
 /// A server under load: a real `baton serve`, or the native ceiling.
@@ -130,7 +152,7 @@ impl Server {
                     addr: self.addr,
                     session: id.clone(),
                     token: token.to_owned(),
-                    step,
+                    moves: Moves::Walk { step },
                 });
             }
         }
@@ -328,21 +350,28 @@ async fn run_players(
             addr,
             session: id,
             token,
-            step,
+            moves,
         } = player;
         tasks.push(tokio::spawn(async move {
             let url = format!("ws://{addr}/v1/sessions/{id}/play");
             let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else {
                 return Vec::new();
             };
-            if ws.send(Message::Text(json!({"type": "join", "token": token}).to_string().into())).await.is_err() {
+            if ws
+                .send(Message::Text(
+                    json!({"type": "join", "token": token}).to_string().into(),
+                ))
+                .await
+                .is_err()
+            {
                 return Vec::new();
             }
             let mut pace = rate.map(|r| {
                 let period = Duration::from_secs_f64(1.0 / r);
                 // Spread the players over the period.
                 let offset = period.mul_f64((i % 1000) as f64 / 1000.0);
-                let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+                let mut interval =
+                    tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
                 interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 interval
             });
@@ -352,11 +381,14 @@ async fn run_players(
                 if let Some(pace) = pace.as_mut() {
                     pace.tick().await;
                 }
-                // Out and back, so both players stay on the board.
-                let dq = if n.is_multiple_of(2) { step } else { -step };
-                let action = json!({"type": "act", "id": format!("{n}"), "action": {"type": "move", "dq": dq, "dr": 0}});
+                let action =
+                    json!({"type": "act", "id": format!("{n}"), "action": moves.action(n)});
                 let sent = Instant::now();
-                if ws.send(Message::Text(action.to_string().into())).await.is_err() {
+                if ws
+                    .send(Message::Text(action.to_string().into()))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 loop {
