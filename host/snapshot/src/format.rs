@@ -162,25 +162,7 @@ impl Image {
 
     /// Folds a delta into this image.
     pub fn apply(&mut self, delta: &Delta) -> Result<(), SnapshotError> {
-        if delta.module != self.module {
-            return Err(SnapshotError::WrongModule {
-                expected: self.module,
-                found: delta.module,
-            });
-        }
-        if delta.base != self.position {
-            return Err(SnapshotError::OutOfOrder {
-                base: delta.base,
-                position: self.position,
-            });
-        }
-        if delta.memories.len() != self.memories.len() {
-            return Err(SnapshotError::Malformed(format!(
-                "the delta has {} memories, the image {}",
-                delta.memories.len(),
-                self.memories.len()
-            )));
-        }
+        check_follows(&self.module, self.position, self.memories.len(), delta)?;
         for (memory, changes) in self.memories.iter_mut().zip(&delta.memories) {
             memory.size = memory.size.max(changes.size);
             for (index, page) in &changes.pages {
@@ -276,25 +258,7 @@ impl Delta {
     /// takes an image from this delta's base straight to `later`'s
     /// position (a page written twice keeps its later contents).
     pub fn then(&mut self, later: Delta) -> Result<(), SnapshotError> {
-        if later.module != self.module {
-            return Err(SnapshotError::WrongModule {
-                expected: self.module,
-                found: later.module,
-            });
-        }
-        if later.base != self.position {
-            return Err(SnapshotError::OutOfOrder {
-                base: later.base,
-                position: self.position,
-            });
-        }
-        if later.memories.len() != self.memories.len() {
-            return Err(SnapshotError::Malformed(format!(
-                "the deltas have {} and {} memories",
-                self.memories.len(),
-                later.memories.len()
-            )));
-        }
+        check_follows(&self.module, self.position, self.memories.len(), &later)?;
         for (memory, changes) in self.memories.iter_mut().zip(later.memories) {
             memory.size = memory.size.max(changes.size);
             let mut pages: BTreeMap<u32, Page> =
@@ -312,6 +276,35 @@ impl Delta {
     pub fn page_count(&self) -> usize {
         self.memories.iter().map(|m| m.pages.len()).sum()
     }
+}
+
+/// Checks that `delta` applies to a capture of `module` at `position`
+/// with `memories` memories.
+fn check_follows(
+    module: &ModuleHash,
+    position: u64,
+    memories: usize,
+    delta: &Delta,
+) -> Result<(), SnapshotError> {
+    if delta.module != *module {
+        return Err(SnapshotError::WrongModule {
+            expected: *module,
+            found: delta.module,
+        });
+    }
+    if delta.base != position {
+        return Err(SnapshotError::OutOfOrder {
+            base: delta.base,
+            position,
+        });
+    }
+    if delta.memories.len() != memories {
+        return Err(SnapshotError::Malformed(format!(
+            "the delta has {} memories, what it applies to {memories}",
+            delta.memories.len(),
+        )));
+    }
+    Ok(())
 }
 
 fn encode(
