@@ -315,6 +315,7 @@ async fn wait_for_change(records: &mut tokio::sync::watch::Receiver<u64>, shippe
 enum Transfer {
     /// The replica's journal does not reach the capture yet: keep it.
     Behind(Capture),
+    /// The link or the replica failed: keep it, to send whole.
     Failed(Capture, NodeError),
     /// Encoding it failed (a panic): it is gone, the next one goes whole.
     Lost(NodeError),
