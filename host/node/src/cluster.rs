@@ -78,28 +78,17 @@ pub(crate) async fn write_frame(
     stream: &mut quinn::SendStream,
     bytes: &[u8],
 ) -> Result<(), NodeError> {
-    write_frame_parts(stream, &[bytes]).await
-}
-
-/// One frame made of `parts` (sent without joining them first).
-pub(crate) async fn write_frame_parts(
-    stream: &mut quinn::SendStream,
-    parts: &[&[u8]],
-) -> Result<(), NodeError> {
-    let len = parts.iter().map(|p| p.len()).sum::<usize>();
-    if len > MAX_FRAME {
+    if bytes.len() > MAX_FRAME {
         return Err(NodeError::TooLarge(format!(
-            "a {len}-byte frame is over the {MAX_FRAME}-byte limit"
+            "a {}-byte frame is over the {MAX_FRAME}-byte limit",
+            bytes.len()
         )));
     }
     stream
-        .write_all(&(len as u32).to_be_bytes())
+        .write_all(&(bytes.len() as u32).to_be_bytes())
         .await
         .map_err(tunnel_error)?;
-    for part in parts {
-        stream.write_all(part).await.map_err(tunnel_error)?;
-    }
-    Ok(())
+    stream.write_all(bytes).await.map_err(tunnel_error)
 }
 
 pub(crate) async fn read_frame(stream: &mut quinn::RecvStream) -> Result<Vec<u8>, NodeError> {

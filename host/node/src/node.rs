@@ -1422,8 +1422,10 @@ impl Node {
     /// to the session's replica in a cluster. True once durable here.
     fn store_snapshot(self: &Arc<Self>, pending: PendingSnapshot) -> bool {
         let started = Instant::now();
-        let image = Arc::new(pending.image.encode());
-        let sealed = snapshots::seal(&pending.meta.to_json(), &image);
+        let sealed = Arc::new(snapshots::seal(
+            &pending.meta.to_json(),
+            &pending.image.encode(),
+        ));
         match self
             .store
             .put_snapshot(&pending.id, pending.image.position, &sealed)
@@ -1435,7 +1437,7 @@ impl Node {
                     let capture = Capture {
                         position: pending.image.position,
                         meta: pending.meta,
-                        image,
+                        sealed,
                         delta: Some(pending.delta),
                     };
                     if pending.shipper.offer(capture)

@@ -20,7 +20,7 @@ use baton_transport::Mesh;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cluster::{Forward, RemoteError, read_json, write_frame_parts, write_json};
+use crate::cluster::{Forward, RemoteError, read_json, write_frame, write_json};
 use crate::error::NodeError;
 use crate::node::{ACT_MEMORY, ActOutcome, Node};
 use crate::tokens;
@@ -122,8 +122,8 @@ pub(crate) struct Capture {
     pub(crate) position: u64,
     /// The node's bookkeeping.
     pub(crate) meta: SnapshotMeta,
-    /// The full image, encoded.
-    pub(crate) image: Arc<Vec<u8>>,
+    /// The whole snapshot, sealed with `meta`, as stored here.
+    pub(crate) sealed: Arc<Vec<u8>>,
     /// The pages changed since the capture before it, if known.
     pub(crate) delta: Option<Delta>,
 }
@@ -336,27 +336,26 @@ async fn transfer(
         .as_ref()
         .map(|d| d.base)
         .filter(|base| held.is_some_and(|(to, at)| to == replica && at == base));
+    // A whole snapshot goes as stored; a delta is sealed with only the
+    // bookkeeping its base lacks.
     let (capture, body) = match base {
-        Some(_) => tokio::task::spawn_blocking(move || {
-            let body = capture
+        Some(base) => tokio::task::spawn_blocking(move || {
+            let delta = capture
                 .delta
                 .as_ref()
                 .map(Delta::encode)
                 .unwrap_or_default();
+            let body = seal(&capture.meta.since(base).to_json(), &delta);
             (capture, Arc::new(body))
         })
         .await
         .map_err(|e| Transfer::Lost(NodeError::Internal(e.to_string())))?,
         None => {
-            let body = capture.image.clone();
+            let body = capture.sealed.clone();
             (capture, body)
         }
     };
-    let meta = match base {
-        Some(base) => capture.meta.since(base).to_json(),
-        None => capture.meta.to_json(),
-    };
-    let bytes = (4 + meta.len() + body.len()) as u64;
+    let bytes = body.len() as u64;
     let offered = Forward::Snapshot(Offered {
         session: id.to_owned(),
         position: capture.position,
@@ -366,9 +365,7 @@ async fn transfer(
     let answer = async {
         let (mut send, mut recv) = mesh.open(replica).await.map_err(NodeError::Unavailable)?;
         write_json(&mut send, &offered).await?;
-        // Sealed as the store keeps it, without joining the parts first.
-        let meta_len = (meta.len() as u32).to_le_bytes();
-        write_frame_parts(&mut send, &[&meta_len, &meta, &body]).await?;
+        write_frame(&mut send, &body).await?;
         let _ = send.finish();
         read_json::<Result<(), RemoteError>>(&mut recv).await
     }
