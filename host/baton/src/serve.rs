@@ -205,9 +205,16 @@ async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         "  play in a browser: {}",
         lobby_link(token.as_deref(), players_addr, admin.is_none())
     );
-    baton_node::serve(node, players, admin, shutdown_signal()).await?;
-    tracing::info!("stopped cleanly");
-    Ok(())
+    match baton_node::serve(node, players, admin, shutdown_signal()).await? {
+        baton_node::Stopped::Clean => {
+            tracing::info!("stopped cleanly");
+            Ok(())
+        }
+        baton_node::Stopped::DrainExpired(left) => anyhow::bail!(
+            "the drain deadline passed with {left} sessions not handed off; \
+             they fail over to their replicas (raise drain_deadline_ms if this recurs)"
+        ),
+    }
 }
 
 /// The lobby's address. On loopback with management on the same address, the

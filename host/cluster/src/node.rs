@@ -49,6 +49,10 @@ pub struct Config {
     pub drain_deadline_ms: u64,
     /// Tombstones of removed records are kept at least this long.
     pub tombstone_ttl_ms: u64,
+    /// A handoff fences only once the host said the target is warm
+    /// ([`ClusterNode::warmed`]: it holds a recent snapshot), so that the
+    /// cutover replays a few entries, not the whole journal.
+    pub await_warm: bool,
     /// Test only: apply without a valid lease and ignore higher epochs, to
     /// show that the simulation's checker catches a double owner.
     #[doc(hidden)]
@@ -64,6 +68,7 @@ impl Default for Config {
             drift_ms: 50,
             drain_deadline_ms: 5_000,
             tombstone_ttl_ms: 60_000,
+            await_warm: false,
             unsafe_ignore_fencing: false,
         }
     }
@@ -390,6 +395,28 @@ pub enum Event {
         session: String,
         /// The epoch it owned.
         epoch: u64,
+        /// The new owner, when this node handed the session to it.
+        to: Option<NodeId>,
+    },
+    /// A handoff of an owned session to `to` began: the host may warm the
+    /// target (see [`Config::await_warm`]).
+    HandingOff {
+        /// The session.
+        session: String,
+        /// The target.
+        to: NodeId,
+    },
+    /// An owned session was fenced for a handoff to `to`: nothing more is
+    /// appended here; its journal is `len` long.
+    Fenced {
+        /// The session.
+        session: String,
+        /// The epoch it is owned in.
+        epoch: u64,
+        /// The journal length at the fence.
+        len: u64,
+        /// The target.
+        to: NodeId,
     },
     /// A drain ended: every session handed off, or the deadline passed.
     Drained {
@@ -424,6 +451,8 @@ struct Move {
     handoff: bool,
     learner_len: u64,
     stage: Stage,
+    /// The host warmed the target (or need not: see `Config::await_warm`).
+    warm: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -663,6 +692,14 @@ impl ClusterNode {
         )
     }
 
+    /// Whether this node joined the records of every peer it sees up: until
+    /// then it may not know of sessions that exist.
+    pub fn synced(&self) -> bool {
+        self.membership
+            .up()
+            .all(|(id, _)| self.synced_from.contains(id))
+    }
+
     /// Whether this node is draining.
     pub fn draining(&self) -> bool {
         self.draining.is_some()
@@ -874,6 +911,17 @@ impl ClusterNode {
         if self.draining.is_none() {
             self.draining = Some(now + self.config.drain_deadline_ms);
             self.heartbeat(now);
+        }
+    }
+
+    /// The host warmed `to`, the target of `session`'s handoff (it holds a
+    /// recent snapshot, or the host gave up trying): the handoff may fence.
+    pub fn warmed(&mut self, session: &str, to: &NodeId, now: u64) {
+        if let Some(Role::Owner(o)) = self.roles.get_mut(session)
+            && let Some(m) = o.moving.as_mut().filter(|m| m.handoff && m.to == *to)
+        {
+            m.warm = true;
+            self.advance_move(session, now);
         }
     }
 
@@ -1096,6 +1144,7 @@ impl ClusterNode {
                     self.events.push(Event::SteppedDown {
                         session,
                         epoch: epoch - 1,
+                        to: Some(from),
                     });
                 }
             }
@@ -1259,6 +1308,7 @@ impl ClusterNode {
             let old = o.epoch;
             self.roles.remove(session);
             self.events.push(Event::SteppedDown {
+                to: None,
                 session: session.to_owned(),
                 epoch: old,
             });
@@ -2006,12 +2056,20 @@ impl ClusterNode {
         let Some(to) = to else {
             return;
         };
+        let warm = !(handoff && self.config.await_warm && to.name != replica);
+        if handoff {
+            self.events.push(Event::HandingOff {
+                session: session.to_owned(),
+                to: to.clone(),
+            });
+        }
         if let Some(Role::Owner(o)) = self.roles.get_mut(session) {
             o.moving = Some(Move {
                 to,
                 handoff,
                 learner_len: 0,
                 stage: Stage::Syncing,
+                warm,
             });
         }
         self.replicate(session, now, false);
@@ -2025,6 +2083,7 @@ impl ClusterNode {
         let Some(m) = o.moving.as_mut() else {
             return;
         };
+        let was_fenced = o.fenced;
         // A target that went down or started draining before the transfer:
         // start over with another, and let a draining one drop its copy.
         // After the transfer went out it may own the session already, so
@@ -2056,7 +2115,7 @@ impl ClusterNode {
                 }
             }
             (true, Stage::Syncing) => {
-                if m.learner_len >= journal_len {
+                if m.learner_len >= journal_len && m.warm {
                     // Caught up while serving: fence, then let both copies
                     // catch up with the last entries.
                     o.fenced = true;
@@ -2082,6 +2141,14 @@ impl ClusterNode {
         }
         let (to, stage, handoff, epoch) = (m.to.clone(), m.stage, m.handoff, o.epoch);
         let replica = o.replica.clone();
+        if handoff && o.fenced && !was_fenced {
+            self.events.push(Event::Fenced {
+                session: session.to_owned(),
+                epoch,
+                len: journal_len,
+                to: to.clone(),
+            });
+        }
         match (handoff, stage) {
             (true, Stage::Transferring) => {
                 let record = self.record(session).cloned();

@@ -82,6 +82,7 @@ impl Default for SimConfig {
             // what follows a deadline.
             node: Config {
                 drain_deadline_ms: 2_000,
+                await_warm: true,
                 ..Config::default()
             },
             step_ms: 5,
@@ -608,6 +609,7 @@ impl Sim {
             self.post(from.clone(), to, message);
         }
         let name = self.slots[i].name.clone();
+        let mut warmed = Vec::new();
         for event in events {
             match event {
                 Event::Applied {
@@ -644,7 +646,7 @@ impl Sim {
                     }
                     self.log(format!("{name} owns {session} in epoch {epoch}"));
                 }
-                Event::SteppedDown { session, epoch } => {
+                Event::SteppedDown { session, epoch, .. } => {
                     self.log(format!("{name} stands down from {session} (epoch {epoch})"));
                 }
                 Event::Drained { left } => {
@@ -667,7 +669,21 @@ impl Sim {
                     ));
                 }
                 Event::Refused { .. } => {}
+                // The host's snapshot to the target, taken as done at once;
+                // its effect is only on when the handoff may fence.
+                Event::HandingOff { session, to } => warmed.push((session, to)),
+                Event::Fenced { session, len, to, .. } => {
+                    self.log(format!("{name} fences {session} at {len} for {to}"));
+                }
             }
+        }
+        if !warmed.is_empty()
+            && let Some(node) = self.slots[i].node.as_mut()
+        {
+            for (session, to) in warmed {
+                node.warmed(&session, &to, self.now);
+            }
+            self.collect(i);
         }
     }
 

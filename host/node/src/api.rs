@@ -22,7 +22,8 @@ use crate::cluster::{
     Forward, Relayed, RemoteError, read_frame, read_json, write_frame, write_json,
 };
 use crate::error::NodeError;
-use crate::node::{ActOutcome, CreateSession, EventBatch, Node};
+use crate::node::{ActOutcome, CreateSession, EventBatch, Location, Node};
+use crate::relay::{Follow, Resume, relay};
 
 /// What a router serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,9 +37,9 @@ pub enum Routes {
 }
 
 #[derive(Clone)]
-struct App {
-    node: Arc<Node>,
-    shutdown: watch::Receiver<bool>,
+pub(crate) struct App {
+    pub(crate) node: Arc<Node>,
+    pub(crate) shutdown: watch::Receiver<bool>,
 }
 
 /// The router for `routes`. `shutdown` turning true closes every WebSocket
@@ -388,14 +389,14 @@ fn visible(batch: &EventBatch, player: Option<&str>) -> Option<EventsMessage> {
 }
 
 /// Close codes (4000-4999 are the application's).
-mod close {
-    pub(super) const GOING_AWAY: u16 = 1001;
-    pub(super) const BAD_MESSAGE: u16 = 4400;
-    pub(super) const BAD_TOKEN: u16 = 4401;
-    pub(super) const NO_SESSION: u16 = 4404;
-    pub(super) const MOVED: u16 = 4409;
-    pub(super) const TOO_SLOW: u16 = 4408;
-    pub(super) const FLOODING: u16 = 4429;
+pub(crate) mod close {
+    pub(crate) const GOING_AWAY: u16 = 1001;
+    pub(crate) const BAD_MESSAGE: u16 = 4400;
+    pub(crate) const BAD_TOKEN: u16 = 4401;
+    pub(crate) const NO_SESSION: u16 = 4404;
+    pub(crate) const MOVED: u16 = 4409;
+    pub(crate) const TOO_SLOW: u16 = 4408;
+    pub(crate) const FLOODING: u16 = 4429;
 }
 
 async fn play(State(app): State<App>, Path(id): Path<String>, ws: WebSocketUpgrade) -> Response {
@@ -403,13 +404,25 @@ async fn play(State(app): State<App>, Path(id): Path<String>, ws: WebSocketUpgra
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
+            // Counted, so that a stopping node finishes closing it first.
+            app.node.players.send_modify(|n| *n += 1);
+            let _open = OpenSocket(app.node.clone());
             match app.node.owner_elsewhere(&id).await {
-                Ok(Some(owner)) => relay(app, id, owner, socket).await,
+                Ok(Some(owner)) => relay(app, id, owner, socket, None).await,
                 Ok(None) => connection(app, id, socket).await,
                 Err(NodeError::NotFound(m)) => close_with(socket, close::NO_SESSION, &m).await,
                 Err(e) => close_with(socket, close::MOVED, &e.to_string()).await,
             }
         })
+}
+
+/// An open player WebSocket; uncounted when dropped.
+struct OpenSocket(Arc<Node>);
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.players.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// A player's connection, wherever it comes from: a WebSocket here, or one
@@ -446,6 +459,8 @@ impl PlayerSocket for TunnelSocket {
                 code,
                 reason: Utf8Bytes::from(reason),
             })),
+            // Only an owner says that, never a relay.
+            Relayed::Moved { .. } => return Some(Err(())),
         }))
     }
 
@@ -463,65 +478,21 @@ impl PlayerSocket for TunnelSocket {
     }
 }
 
-/// Relays a player's WebSocket to the session's owner, message by message.
-/// When the owner's side ends (the session moved, the node went away),
-/// the player is told to reconnect, and is routed anew.
-async fn relay(app: App, id: String, owner: String, mut socket: WebSocket) {
-    let Some(mesh) = app.node.mesh.get() else {
-        return;
-    };
-    let opened = async {
-        let (mut send, recv) = mesh.open(&owner).await.map_err(NodeError::Unavailable)?;
-        write_json(
-            &mut send,
-            &Forward::Play {
-                session: id.clone(),
-            },
-        )
-        .await?;
-        Ok::<_, NodeError>((send, recv))
-    };
-    let (mut send, mut recv) = match opened.await {
-        Ok(streams) => streams,
-        Err(e) => return close_with(socket, close::MOVED, &e.to_string()).await,
-    };
-    let mut shutdown = app.shutdown.clone();
-    loop {
-        tokio::select! {
-            from_player = socket.recv() => {
-                let relayed = match from_player {
-                    Some(Ok(Message::Text(text))) => Relayed::Text(text.to_string()),
-                    Some(Ok(Message::Close(frame))) => {
-                        let (code, reason) = frame.map_or((1000, String::new()), |f| (f.code, f.reason.to_string()));
-                        let _ = write_json(&mut send, &Relayed::Close { code, reason }).await;
-                        let _ = send.finish();
-                        return;
-                    }
-                    Some(Ok(_)) => continue,
-                    None | Some(Err(_)) => {
-                        let _ = send.finish();
-                        return;
-                    }
-                };
-                if write_json(&mut send, &relayed).await.is_err() {
-                    return close_with(socket, close::MOVED, "the session's node went away; reconnect with your last position").await;
-                }
+impl Follow for TunnelSocket {
+    /// The relay at the other end follows the session itself.
+    async fn follow(mut self, _: App, _: String, to: Option<String>, _: Resume) {
+        match to {
+            Some(to) => {
+                let _ = write_json(&mut self.send, &Relayed::Moved { to }).await;
+                let _ = self.send.finish();
             }
-            from_owner = read_json::<Relayed>(&mut recv) => {
-                match from_owner {
-                    Ok(Relayed::Text(text)) => {
-                        if socket.send(Message::Text(Utf8Bytes::from(text))).await.is_err() {
-                            let _ = send.finish();
-                            return;
-                        }
-                    }
-                    Ok(Relayed::Close { code, reason }) => return close_with(socket, code, &reason).await,
-                    Err(_) => return close_with(socket, close::MOVED, "the session's node went away; reconnect with your last position").await,
-                }
-            }
-            _ = shutdown.changed() => {
-                let _ = send.finish();
-                return close_with(socket, close::GOING_AWAY, "the node is shutting down; reconnect with your last position").await;
+            None => {
+                close_with(
+                    self,
+                    close::MOVED,
+                    "the session moved; reconnect with your last position",
+                )
+                .await;
             }
         }
     }
@@ -561,8 +532,11 @@ async fn answer(app: App, tunnel: baton_transport::Tunnel) -> Result<(), NodeErr
         }
         Forward::Play { session } => {
             let socket = TunnelSocket { send, recv };
-            if app.node.owner_elsewhere(&session).await?.is_some() {
-                close_with(socket, close::MOVED, "the session moved; reconnect").await;
+            if let Some(owner) = app.node.owner_elsewhere(&session).await? {
+                // The relay's view of the owner is behind: send it on.
+                socket
+                    .follow(app, session, Some(owner), Resume::default())
+                    .await;
                 return Ok(());
             }
             connection(app, session, socket).await;
@@ -570,6 +544,11 @@ async fn answer(app: App, tunnel: baton_transport::Tunnel) -> Result<(), NodeErr
         Forward::Module { hash } => {
             let bytes = app.node.module_bytes_by_hash(&hash).unwrap_or_default();
             write_frame(&mut send, &bytes).await?;
+            let _ = send.finish();
+        }
+        Forward::Fenced(note) => {
+            app.node.note_fence(note);
+            write_json(&mut send, &Ok::<(), RemoteError>(())).await?;
             let _ = send.finish();
         }
         Forward::Snapshot(offered) => {
@@ -597,7 +576,7 @@ async fn send(socket: &mut impl PlayerSocket, message: &ServerMessage<'_>) -> bo
 /// most two seconds. Dropping the socket with unread input would reset the
 /// connection, and a reset makes the client's OS discard what we sent it,
 /// the close reason included.
-async fn close_with(mut socket: impl PlayerSocket, code: u16, reason: &str) {
+pub(crate) async fn close_with(mut socket: impl PlayerSocket, code: u16, reason: &str) {
     let frame = CloseFrame {
         code,
         reason: Utf8Bytes::from(reason.to_owned()),
@@ -640,7 +619,7 @@ impl Bucket {
     }
 }
 
-async fn connection(app: App, id: String, mut socket: impl PlayerSocket) {
+async fn connection(app: App, id: String, mut socket: impl Follow) {
     // The first message must be a join, soon.
     let first = tokio::time::timeout(Duration::from_secs(10), socket.recv()).await;
     let Ok(Some(Ok(Message::Text(text)))) = first else {
@@ -670,7 +649,19 @@ async fn connection(app: App, id: String, mut socket: impl PlayerSocket) {
     let after_seq = after.filter(|p| p.epoch == 1).map(|p| p.seq);
     let joined = match app.node.join(&id, viewer, after_seq).await {
         Ok(joined) => joined,
-        Err(NodeError::NotFound(m)) => return close_with(socket, close::NO_SESSION, &m).await,
+        Err(NodeError::NotFound(m)) => {
+            // It may have moved away since this connection was routed here.
+            if let Ok(Some(owner)) = app.node.owner_elsewhere(&id).await {
+                let resume = Resume {
+                    token,
+                    after: after_seq,
+                    unanswered: Vec::new(),
+                    joined: true,
+                };
+                return socket.follow(app, id, Some(owner), resume).await;
+            }
+            return close_with(socket, close::NO_SESSION, &m).await;
+        }
         Err(e) => return close_with(socket, close::BAD_MESSAGE, &e.to_string()).await,
     };
     let me = player.as_deref();
@@ -700,6 +691,13 @@ async fn connection(app: App, id: String, mut socket: impl PlayerSocket) {
     let mut events = joined.receiver;
     let mut moved = joined.moved;
     let from = joined.position;
+    // Where this connection picks up if the session moves away.
+    let mut resume = Resume {
+        token,
+        after: Some(joined.position),
+        unanswered: Vec::new(),
+        joined: true,
+    };
     let mut bucket = Bucket {
         rate: f64::from(app.node.config.actions_per_second.max(1)),
         tokens: f64::from(app.node.config.actions_per_second.max(1)),
@@ -750,22 +748,34 @@ async fn connection(app: App, id: String, mut socket: impl PlayerSocket) {
                     if !send(&mut socket, &error).await { return; }
                     continue;
                 }
-                let (reply, moved) = match noted(&app, app.node.act(&id, me, Some(client_id.clone()), action.to_string()).await) {
-                    Ok(outcome) => (ServerMessage::Ack { id: &client_id, outcome }, false),
-                    Err(e) => (ServerMessage::Error { id: Some(&client_id), code: e.code(), message: e.to_string() }, matches!(e, NodeError::Moved(_))),
+                let reply = match noted(&app, app.node.act(&id, me, Some(client_id.clone()), action.to_string()).await) {
+                    Ok(outcome) => ServerMessage::Ack { id: &client_id, outcome },
+                    // Not applied here: moving, or moved just now.
+                    Err(NodeError::Moved(_)) | Err(NodeError::NotFound(_)) if app.node.mesh.get().is_some() => {
+                        // Not applied here: the new owner answers it.
+                        resume.unanswered.push((client_id.clone(), text.to_string()));
+                        let moved_away = moved.wait_for(|l| *l != Location::Here);
+                        let to = match tokio::time::timeout(Duration::from_secs(5), moved_away).await {
+                            Ok(Ok(location)) => match &*location {
+                                Location::Moved(to) => to.clone(),
+                                Location::Here => None,
+                            },
+                            Ok(Err(_)) | Err(_) => None,
+                        };
+                        return socket.follow(app, id, to, resume).await;
+                    }
+                    Err(e) => ServerMessage::Error { id: Some(&client_id), code: e.code(), message: e.to_string() },
                 };
                 if !send(&mut socket, &reply).await { return; }
-                if moved {
-                    return close_with(socket, close::MOVED, "the session moved; reconnect with your last position").await;
-                }
             }
             batch = events.recv() => {
                 match batch {
                     Ok(batch) if batch.seq > from => {
-                        if let Some(message) = visible(&batch, me)
-                            && !send(&mut socket, &ServerMessage::Events(message)).await
-                        {
-                            return;
+                        if let Some(message) = visible(&batch, me) {
+                            resume.after = Some(message.seq);
+                            if !send(&mut socket, &ServerMessage::Events(message)).await {
+                                return;
+                            }
                         }
                     }
                     Ok(_) => {}
@@ -776,9 +786,9 @@ async fn connection(app: App, id: String, mut socket: impl PlayerSocket) {
                 }
             }
             Ok(()) = moved.changed() => {
-                let gone = *moved.borrow_and_update();
-                if gone {
-                    return close_with(socket, close::MOVED, "the session moved; reconnect with your last position").await;
+                let location = moved.borrow_and_update().clone();
+                if let Location::Moved(to) = location {
+                    return socket.follow(app, id, to, resume).await;
                 }
             }
             _ = shutdown.changed() => {

@@ -61,8 +61,11 @@ pub(crate) enum Forward {
     Play { session: String },
     /// A module's bytes, by hash (an empty answer: not here).
     Module { hash: String },
-    /// A snapshot for the replica; the sealed snapshot follows.
+    /// A snapshot for the replica or a handoff target; the sealed
+    /// snapshot follows.
     Snapshot(crate::snapshots::Offered),
+    /// A handoff's fence, told to its target.
+    Fenced(crate::handoff::FenceNote),
 }
 
 /// A relayed WebSocket message.
@@ -70,6 +73,8 @@ pub(crate) enum Forward {
 pub(crate) enum Relayed {
     Text(String),
     Close { code: u16, reason: String },
+    /// The session moved to node `to`: the relay follows it there.
+    Moved { to: String },
 }
 
 const MAX_FRAME: usize = 64 << 20;
@@ -172,8 +177,12 @@ pub(crate) async fn join(node: &Arc<Node>, config: &ClusterConfig) -> Result<(),
             "a cluster node needs a name: the DNS name in its certificate".into(),
         ));
     }
-    let identity = Identity::from_files(&config.name, &config.cert, &config.key, &config.ca)
+    let mut identity = Identity::from_files(&config.name, &config.cert, &config.key, &config.ca)
         .map_err(|e| NodeError::Internal(format!("cluster identity: {e}")))?;
+    if !config.wire_versions.is_empty() {
+        let versions: Vec<&str> = config.wire_versions.iter().map(String::as_str).collect();
+        identity = identity.with_wire_versions(&versions);
+    }
     let mut mesh_config = MeshConfig::new(config.listen, config.seeds.clone());
     mesh_config.node = config.core();
     mesh_config.host_version = config.host_version;
@@ -207,6 +216,24 @@ pub(crate) async fn join(node: &Arc<Node>, config: &ClusterConfig) -> Result<(),
 async fn follow(node: Arc<Node>, mut events: broadcast::Receiver<Event>) {
     loop {
         match events.recv().await {
+            Ok(Event::HandingOff { session, to }) => {
+                if let Ok(cell) = node.cell_by_id(&session) {
+                    let module = cell.record.module.clone();
+                    tokio::spawn(crate::handoff::warm(node.clone(), session, module, to));
+                } else if let Some(mesh) = node.mesh.get() {
+                    // Not taken over here yet: nothing to warm the target with.
+                    mesh.warmed(&session, to).await;
+                }
+            }
+            Ok(Event::Fenced {
+                session, len, to, ..
+            }) => {
+                // Stamped and looked up now, before the session can move away.
+                let at = crate::handoff::now_us();
+                if let Ok(cell) = node.cell_by_id(&session) {
+                    tokio::spawn(crate::handoff::fenced(node.clone(), cell, len, to, at));
+                }
+            }
             // Epoch 1 is a creation: the creating call starts it itself.
             Ok(Event::Owner { session, epoch }) if epoch > 1 => {
                 let node = node.clone();
@@ -216,9 +243,10 @@ async fn follow(node: Arc<Node>, mut events: broadcast::Receiver<Event>) {
                     }
                 });
             }
-            Ok(Event::SteppedDown { session, epoch }) => {
-                tracing::info!(%session, epoch, "the session moved away");
-                node.release(&session).await;
+            Ok(Event::SteppedDown { session, epoch, to }) => {
+                let to = to.map(|id| id.name);
+                tracing::info!(%session, epoch, to = to.as_deref().unwrap_or("?"), "the session moved away");
+                node.release(&session, to).await;
             }
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(missed)) => {

@@ -78,8 +78,16 @@ pub struct ClusterConfig {
     pub drift_ms: u64,
     /// Heartbeat and record gossip period (ms).
     pub heartbeat_ms: u64,
+    /// On SIGTERM, how long the node keeps handing sessions off before it
+    /// exits anyway (ms); the sessions left then fail over to their
+    /// replicas. Keep the orchestrator's grace period longer than this.
+    pub drain_deadline_ms: u64,
     /// This host's version: new sessions go to the newest.
     pub host_version: u32,
+    /// The wire versions (ALPN) to offer, newest first; empty for all this
+    /// host speaks. Only to stand in for an older host in tests.
+    #[doc(hidden)]
+    pub wire_versions: Vec<String>,
 }
 
 impl Default for ClusterConfig {
@@ -97,7 +105,9 @@ impl Default for ClusterConfig {
             lease_ms: core.lease_ms,
             drift_ms: core.drift_ms,
             heartbeat_ms: core.heartbeat_ms,
+            drain_deadline_ms: 20_000,
             host_version: 1,
+            wire_versions: Vec::new(),
         }
     }
 }
@@ -110,6 +120,8 @@ impl ClusterConfig {
             detect_ms: self.detect_ms,
             lease_ms: self.lease_ms,
             drift_ms: self.drift_ms,
+            drain_deadline_ms: self.drain_deadline_ms,
+            await_warm: true,
             ..baton_cluster::Config::default()
         }
     }

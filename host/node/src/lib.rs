@@ -13,9 +13,14 @@
 //!   time the rules asked, hibernation of idle sessions.
 //! - `api`: the HTTP routes and the player WebSocket; parses client input
 //!   once, at the edge.
+//! - `relay`: a player's WebSocket to a session owned elsewhere, relayed
+//!   and following the session when it moves.
 //! - `cluster`: the node as a cluster member: joining the mesh, writing
 //!   the journals it replicates, taking over sessions it comes to own, and
 //!   forwarding to other nodes over tunnels.
+//! - `handoff`: the host's side of a handoff on drain: warming the target
+//!   with a snapshot before the fence, the memory hash at the fence, and
+//!   how the session arrived on its new owner (exact? cutover time?).
 //! - `snapshots`: sealing a snapshot with the node's bookkeeping, and
 //!   shipping each session's checkpoints to its replica (deltas, or whole
 //!   to a new replica), one QUIC stream per transfer.
@@ -31,8 +36,10 @@ mod api;
 mod cluster;
 mod config;
 mod error;
+mod handoff;
 mod metrics;
 mod node;
+mod relay;
 mod snapshots;
 mod tokens;
 mod web;
@@ -43,31 +50,51 @@ use std::sync::Arc;
 pub use api::{Position, Routes, router};
 pub use config::{ClusterConfig, NodeConfig, Replication};
 pub use error::NodeError;
+
+pub use handoff::Arrival;
 pub use node::{
     ActOutcome, ClusterStatus, CreateSession, Created, Export, ExportedEntry, ExportedSnapshot,
     ModuleSummary, Node, ReplicaState, SessionSummary,
 };
 
+/// How a node stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every session it held is on another node (or it held none).
+    Clean,
+    /// The drain deadline passed with this many sessions still here: they
+    /// fail over to their replicas once this node is gone.
+    DrainExpired(usize),
+}
+
 /// Serves `node` on `players` (and management on `admin`, if given) until
-/// `shutdown` completes; then turns not-ready, closes WebSockets with
-/// "going away", finishes calls in flight and returns.
+/// `shutdown` completes; then, in a cluster, drains (not ready, every
+/// session handed to another node while players keep playing); then closes
+/// WebSockets with "going away", finishes calls in flight and returns.
 pub async fn serve(
     node: Arc<Node>,
     players: tokio::net::TcpListener,
     admin: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<Stopped> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     node.start_background();
     if let Some(tunnels) = node.mesh.get().and_then(|mesh| mesh.tunnels()) {
         tokio::spawn(api::serve_tunnels(node.clone(), stop_rx.clone(), tunnels));
     }
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
     let stopping = {
         let node = node.clone();
         async move {
             shutdown.await;
+            let left = node.drain().await.unwrap_or(0);
             tracing::info!("shutting down: finishing calls in flight");
             node.shutdown().await;
+            let _ = stopped_tx.send(if left == 0 {
+                Stopped::Clean
+            } else {
+                Stopped::DrainExpired(left)
+            });
             let _ = stop_tx.send(true);
         }
     };
@@ -89,14 +116,23 @@ pub async fn serve(
         Some(admin) => {
             let admin_server = axum::serve(
                 no_delay(admin),
-                router(node, Routes::Admin, stop_rx.clone()),
+                router(node.clone(), Routes::Admin, stop_rx.clone()),
             )
             .with_graceful_shutdown(stopped(stop_rx));
             let (a, b) = tokio::join!(player_server, admin_server);
-            a.and(b)
+            a.and(b)?;
         }
-        None => player_server.await,
+        None => player_server.await?,
     }
+    // The servers do not wait for upgraded connections: give each player
+    // its close frame ("going away") before the process exits.
+    let mut players = node.players.subscribe();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        players.wait_for(|open| *open == 0),
+    )
+    .await;
+    Ok(stopped_rx.await.unwrap_or(Stopped::Clean))
 }
 
 /// The listener with Nagle's algorithm off on every connection: a reply

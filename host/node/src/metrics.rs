@@ -111,6 +111,25 @@ impl Metrics {
         self.observe("baton_replica_snapshot_seconds", module, kind, took);
     }
 
+    /// A handoff target sent a whole snapshot before the fence.
+    pub(crate) fn handoff_warmed(&self, module: &str, bytes: u64, took: Duration) {
+        self.add("baton_handoff_warm_bytes_total", module, None, bytes);
+        self.observe("baton_handoff_warm_seconds", module, None, took);
+    }
+
+    /// A session handed over to this node: the time from the fence on the
+    /// old owner to the first action applied here, and whether the memory
+    /// hash after the restore equals the one at the fence.
+    pub(crate) fn handoff_arrived(&self, module: &str, cutover: Duration, exact: Option<bool>) {
+        let result = match exact {
+            Some(true) => "exact",
+            Some(false) => "differs",
+            None => "unchecked",
+        };
+        self.add("baton_handoffs_in_total", module, Some(("digest", result)), 1);
+        self.observe("baton_handoff_cutover_seconds", module, None, cutover);
+    }
+
     /// A call the rules failed (trap, fuel, memory, output).
     pub(crate) fn rules_failed(&self, module: &str) {
         self.add("baton_rules_failures_total", module, None, 1);

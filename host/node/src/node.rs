@@ -139,6 +139,9 @@ pub struct SessionSummary {
     pub live: bool,
     /// Ownership epoch (1 on a single node).
     pub epoch: u64,
+    /// How it came to this node, if it was handed over or failed over here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arrival: Option<crate::handoff::Arrival>,
 }
 
 /// How an action ended, as told to the player who sent it.
@@ -175,11 +178,23 @@ pub(crate) struct SessionCell {
     state: Arc<Mutex<SessionState>>,
     pub(crate) events: broadcast::Sender<Arc<EventBatch>>,
     ticker: Notify,
-    /// Turns true when the session moved to another node: its players are
-    /// told to reconnect, its ticker stops.
-    moved: watch::Sender<bool>,
+    /// Changes when the session moved to another node: its players'
+    /// connections here follow it, its ticker stops.
+    moved: watch::Sender<Location>,
     /// Ships its checkpoints to its replica (in a cluster).
     shipper: Arc<Shipper>,
+    /// Taken over here and no action applied yet: the next one ends the
+    /// cutover (see `handoff`).
+    arriving: AtomicBool,
+}
+
+/// Where a session is, for the connections of its players on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Location {
+    /// Served here.
+    Here,
+    /// Moved away: to this node, when this one handed it over.
+    Moved(Option<String>),
 }
 
 struct SessionState {
@@ -197,6 +212,10 @@ struct SessionState {
     since_snapshot: u64,
     last_used: Instant,
 }
+
+/// How long a request for a session this node is taking over waits for
+/// the takeover to finish.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// Client action ids remembered per session.
 pub(crate) const ACT_MEMORY: usize = 4096;
@@ -251,6 +270,14 @@ pub struct Node {
     sessions: RwLock<HashMap<String, Arc<SessionCell>>>,
     operator_token_sha256: String,
     shutting_down: AtomicBool,
+    /// Draining: not ready, sessions being handed off.
+    draining: AtomicBool,
+    /// Player WebSockets open on this node.
+    pub(crate) players: watch::Sender<usize>,
+    /// Counts sessions taken over here, for those waiting on one.
+    adopted: watch::Sender<u64>,
+    /// How sessions taken over here arrived (see `handoff`).
+    arrivals: std::sync::Mutex<HashMap<String, crate::handoff::Arrival>>,
     /// Until when (ms since the epoch) the node reports not-ready after the
     /// instance pool or the store failed.
     degraded_until: std::sync::atomic::AtomicU64,
@@ -333,6 +360,10 @@ impl Node {
             modules: RwLock::new(BTreeMap::new()),
             sessions: RwLock::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            adopted: watch::channel(0).0,
+            players: watch::channel(0).0,
+            arrivals: std::sync::Mutex::default(),
             degraded_until: std::sync::atomic::AtomicU64::new(0),
             stop: Notify::new(),
             metrics: crate::metrics::Metrics::default(),
@@ -420,8 +451,9 @@ impl Node {
             })),
             events,
             ticker: Notify::new(),
-            moved: watch::channel(false).0,
+            moved: watch::channel(Location::Here).0,
             shipper: Arc::default(),
+            arriving: AtomicBool::new(false),
         })
     }
 
@@ -472,10 +504,13 @@ impl Node {
         tokens::constant_time_eq(&tokens::sha256_hex(token), &self.operator_token_sha256)
     }
 
-    /// Ready for traffic: not shutting down, and neither the instance pool
-    /// nor the store failed in the last few seconds.
+    /// Ready for traffic: not shutting down or draining, in a cluster
+    /// holding every peer's records, and neither the instance pool nor the
+    /// store failed in the last few seconds.
     pub fn is_ready(&self) -> bool {
         !self.shutting_down.load(Ordering::Relaxed)
+            && !self.draining.load(Ordering::Relaxed)
+            && self.mesh.get().is_none_or(|mesh| mesh.synced())
             && now_ms() >= self.degraded_until.load(Ordering::Relaxed)
     }
 
@@ -693,7 +728,7 @@ impl Node {
         })
     }
 
-    fn cell_by_id(&self, id: &str) -> Result<Arc<SessionCell>, NodeError> {
+    pub(crate) fn cell_by_id(&self, id: &str) -> Result<Arc<SessionCell>, NodeError> {
         self.sessions_read()
             .get(id)
             .cloned()
@@ -705,7 +740,7 @@ impl Node {
         let cells: Vec<_> = self.sessions_read().values().cloned().collect();
         let mut out = Vec::with_capacity(cells.len());
         for cell in cells {
-            out.push(Self::session_summary(&cell).await);
+            out.push(self.session_summary(&cell).await);
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
@@ -714,10 +749,10 @@ impl Node {
     /// One session.
     pub async fn session(&self, id: &str) -> Result<SessionSummary, NodeError> {
         let cell = self.cell_by_id(id)?;
-        Ok(Self::session_summary(&cell).await)
+        Ok(self.session_summary(&cell).await)
     }
 
-    async fn session_summary(cell: &SessionCell) -> SessionSummary {
+    async fn session_summary(&self, cell: &SessionCell) -> SessionSummary {
         let state = cell.state.lock().await;
         let (status, result) = match &state.status {
             wire::Status::Running => ("running", None),
@@ -732,6 +767,7 @@ impl Node {
             result,
             live: state.live.is_some(),
             epoch: 1,
+            arrival: self.arrival(&cell.record.id),
         }
     }
 
@@ -780,6 +816,9 @@ impl Node {
         })?;
         let outcome = act_outcome(&applied);
         self.make_durable(&cell, &mut state, applied).await?;
+        if cell.arriving.swap(false, Ordering::Relaxed) {
+            self.note_applied(id);
+        }
         let result = match &outcome {
             Some(ActOutcome::Accepted { .. }) => "accepted",
             _ => "rejected",
@@ -1048,17 +1087,34 @@ impl Node {
         let Some(mesh) = self.mesh.get() else {
             return Ok(None);
         };
-        if self.sessions_read().contains_key(id) {
-            return Ok(None);
-        }
-        match mesh.record(id).await {
-            Some(record) if record.owner.name != mesh.name() => Ok(Some(record.owner.name)),
-            Some(_) => Err(NodeError::Unavailable(format!(
-                "session {id} is being taken over by this node; retry shortly"
-            ))),
-            None => Err(NodeError::NotFound(format!(
-                "no session {id} in the cluster"
-            ))),
+        let mut adopted = self.adopted.subscribe();
+        let mut records = mesh.records_changed();
+        let give_up = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        loop {
+            if self.sessions_read().contains_key(id) {
+                return Ok(None);
+            }
+            match mesh.record(id).await {
+                Some(record) if record.owner.name != mesh.name() => {
+                    return Ok(Some(record.owner.name));
+                }
+                // Taken over here right now: wait for the takeover.
+                Some(_) => {}
+                None => {
+                    return Err(NodeError::NotFound(format!(
+                        "no session {id} in the cluster"
+                    )));
+                }
+            }
+            tokio::select! {
+                _ = adopted.changed() => {}
+                _ = records.changed() => {}
+                () = tokio::time::sleep_until(give_up) => {
+                    return Err(NodeError::Unavailable(format!(
+                        "session {id} is being taken over by this node; retry shortly"
+                    )));
+                }
+            }
         }
     }
 
@@ -1095,26 +1151,31 @@ impl Node {
         let state = cell.state.clone().lock_owned().await;
         let node = self.clone();
         let rebuilt = cell.clone();
-        let (state, rebuilt_from) = tokio::task::spawn_blocking(move || {
+        let (state, rebuilt) = tokio::task::spawn_blocking(move || {
             let mut state = state;
             let result = (|| {
-                let (session, from) = node.rebuild(&rebuilt, &mut state, journal)?;
+                let (mut session, from) = node.rebuild(&rebuilt, &mut state, journal)?;
+                let digest = session.state_digest().map_err(NodeError::from_call)?;
                 state.live = Some(session);
                 // The store's journal may still be catching up: a snapshot
                 // of the exact state is what the next wake starts from (and
-                // what the session's new replica gets first).
+                // what the session's new replica gets first). Captured now,
+                // stored once the session serves.
                 let pending = Self::capture_snapshot(&rebuilt, &mut state)
                     .ok_or_else(|| NodeError::Internal("capture failed".into()))?;
-                node.store_snapshot(pending);
-                Ok::<_, NodeError>(from)
+                Ok::<_, NodeError>((from, tokens::hex(&digest), pending))
             })();
             (state, result)
         })
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))?;
-        let snapshot = rebuilt_from?;
+        let (snapshot, digest, pending) = rebuilt?;
         let position = state.position;
+        cell.arriving.store(true, Ordering::Relaxed);
         drop(state);
+        self.note_restored(id, &cell.record.module, position, snapshot, digest);
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || node.store_snapshot(pending));
         let fresh = {
             let mut sessions = self.sessions_write();
             if sessions.contains_key(id) {
@@ -1124,6 +1185,7 @@ impl Node {
                 true
             }
         };
+        self.adopted.send_modify(|n| *n += 1);
         if fresh {
             tracing::info!(session = %id, position, snapshot, "took the session over: snapshot + journal after it");
             self.spawn_ticker(cell);
@@ -1131,12 +1193,13 @@ impl Node {
         Ok(())
     }
 
-    /// Lets go of a session that moved: its players are told to reconnect.
-    pub(crate) async fn release(&self, id: &str) {
+    /// Lets go of a session that moved (to `to`, if known): its players'
+    /// connections here follow it there, or are told to reconnect.
+    pub(crate) async fn release(&self, id: &str, to: Option<String>) {
         let Some(cell) = self.sessions_write().remove(id) else {
             return;
         };
-        let _ = cell.moved.send(true);
+        let _ = cell.moved.send(Location::Moved(to));
         cell.ticker.notify_one();
         // Wait for the call in flight, then drop the instance.
         cell.state.lock().await.live = None;
@@ -1157,13 +1220,107 @@ impl Node {
             mesh.owned().await.into_iter().map(|(s, _)| s).collect();
         let held: Vec<String> = self.sessions_read().keys().cloned().collect();
         for id in held.iter().filter(|id| !all.contains(*id)) {
-            self.release(id).await;
+            self.release(id, None).await;
         }
         for id in owned.iter().filter(|id| !held.contains(*id)) {
             if let Err(e) = self.adopt(id).await {
                 tracing::error!(session = %id, error = %e, "could not take the session over");
             }
         }
+    }
+
+    /// Drains this node (see [`Mesh::drain`]): not ready from now on, every
+    /// session handed to another node. Returns the sessions left when the
+    /// drain deadline passed (0: all handed off); `None` outside a cluster.
+    pub async fn drain(&self) -> Option<usize> {
+        let mesh = self.mesh.get()?;
+        self.draining.store(true, Ordering::Relaxed);
+        tracing::info!("draining: handing every session to another node");
+        let left = mesh.drain().await;
+        if left == 0 {
+            tracing::info!("drained: every session handed off");
+        } else {
+            tracing::warn!(left, "the drain deadline passed; the sessions left fail over to their replicas");
+        }
+        Some(left)
+    }
+
+    pub(crate) fn arrivals(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, crate::handoff::Arrival>> {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A checkpoint of session `id` now, stored here and sealed: captured
+    /// from the live instance, else the stored snapshot of a hibernated one.
+    /// Returns its position and bytes.
+    pub(crate) async fn checkpoint_now(
+        self: &Arc<Self>,
+        id: &str,
+    ) -> Result<Option<(u64, Arc<Vec<u8>>)>, NodeError> {
+        let cell = self.cell_by_id(id)?;
+        let pending = {
+            let mut state = cell.state.lock().await;
+            Self::capture_snapshot(&cell, &mut state)
+        };
+        match pending {
+            Some(pending) => {
+                let position = pending.image.position;
+                let node = self.clone();
+                let sealed = tokio::task::spawn_blocking(move || node.store_snapshot(pending))
+                    .await
+                    .map_err(|e| NodeError::Internal(e.to_string()))?;
+                Ok(sealed.map(|sealed| (position, sealed)))
+            }
+            None => Ok(self
+                .store
+                .snapshot(id)?
+                .map(|(position, sealed)| (position, Arc::new(sealed)))),
+        }
+    }
+
+    /// SHA-256 of the session's memories and globals at journal length
+    /// `position`, hex: from the live instance if it stands there (after
+    /// the call in flight), else rebuilt from the cluster journal.
+    pub(crate) async fn digest_at(
+        self: &Arc<Self>,
+        cell: Arc<SessionCell>,
+        position: u64,
+    ) -> Result<String, NodeError> {
+        let mesh = self
+            .mesh
+            .get()
+            .ok_or_else(|| NodeError::NotFound("this node is not in a cluster".into()))?;
+        let id = &cell.record.id;
+        let mut state = cell.state.clone().lock_owned().await;
+        let journal = if state.live.is_some() && state.position == position {
+            None
+        } else {
+            let mut journal = mesh.journal(id, 0).await;
+            journal.truncate(position as usize);
+            Some(journal)
+        };
+        let node = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let digest = match journal {
+                None => state.live.as_mut().map(Session::state_digest),
+                Some(journal) => {
+                    // A throwaway copy: the live bookkeeping stays as it is.
+                    let copy = node.cell(cell.record.clone(), cell.module.clone());
+                    let mut scratch = copy.state.blocking_lock();
+                    let (mut session, _) = node.rebuild(&copy, &mut scratch, journal)?;
+                    Some(session.state_digest())
+                }
+            };
+            match digest {
+                Some(digest) => Ok(tokens::hex(&digest.map_err(NodeError::from_call)?)),
+                None => Err(NodeError::Internal("the session is not live".into())),
+            }
+        })
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?
     }
 
     /// The state of session `id` as this node's replicated copy of its
@@ -1313,7 +1470,7 @@ impl Node {
                     late = appended.durable().await.err();
                     Ok(())
                 }
-                Err(refused @ AppendError::Refused(Refusal::NotOwner(_))) => {
+                Err(refused @ AppendError::Refused(Refusal::NotOwner(_) | Refusal::Moving)) => {
                     Err(NodeError::Moved(format!("the session moved: {refused}")))
                 }
                 Err(refused) => Err(NodeError::Unavailable(format!(
@@ -1419,8 +1576,9 @@ impl Node {
     }
 
     /// Encodes and stores a captured snapshot (blocking), then offers it
-    /// to the session's replica in a cluster. True once durable here.
-    fn store_snapshot(self: &Arc<Self>, pending: PendingSnapshot) -> bool {
+    /// to the session's replica in a cluster. Returns the sealed snapshot
+    /// once durable here.
+    fn store_snapshot(self: &Arc<Self>, pending: PendingSnapshot) -> Option<Arc<Vec<u8>>> {
         let started = Instant::now();
         let sealed = Arc::new(snapshots::seal(
             &pending.meta.to_json(),
@@ -1437,7 +1595,7 @@ impl Node {
                     let capture = Capture {
                         position: pending.image.position,
                         meta: pending.meta,
-                        sealed,
+                        sealed: sealed.clone(),
                         delta: Some(pending.delta),
                     };
                     if pending.shipper.offer(capture)
@@ -1451,11 +1609,11 @@ impl Node {
                         ));
                     }
                 }
-                true
+                Some(sealed)
             }
             Err(e) => {
                 tracing::warn!(session = %pending.id, error = %e, "storing a snapshot failed");
-                false
+                None
             }
         }
     }
@@ -1471,7 +1629,7 @@ impl Node {
     /// deadline, never polls.
     async fn run_ticker(self: Arc<Self>, cell: Arc<SessionCell>) {
         loop {
-            if self.shutting_down.load(Ordering::Relaxed) || *cell.moved.borrow() {
+            if self.shutting_down.load(Ordering::Relaxed) || *cell.moved.borrow() != Location::Here {
                 return;
             }
             let due = cell.state.lock().await.next_tick;
@@ -1543,7 +1701,7 @@ impl Node {
                 let node = self.clone();
                 let _ = tokio::task::spawn_blocking(move || {
                     // Only a durable snapshot lets the instance go.
-                    if node.store_snapshot(pending) {
+                    if node.store_snapshot(pending).is_some() {
                         state.live = None;
                     }
                 })
@@ -1734,8 +1892,8 @@ pub(crate) struct Joined {
     pub(crate) position: u64,
     pub(crate) view: serde_json::Value,
     pub(crate) status: wire::Status,
-    /// Turns true when the session moved to another node.
-    pub(crate) moved: watch::Receiver<bool>,
+    /// Changes when the session moved to another node.
+    pub(crate) moved: watch::Receiver<Location>,
 }
 
 /// A journaled call's result, waiting to be made durable: the call's

@@ -222,7 +222,7 @@ fn fold(older: Capture, newer: Capture) -> Capture {
 }
 
 /// The first wire version whose nodes take snapshot transfers.
-const SNAPSHOT_WIRE_VERSION: u32 = 2;
+pub(crate) const SNAPSHOT_WIRE_VERSION: u32 = 2;
 
 /// How long a replica waits for its journal to reach a shipped snapshot.
 const JOURNAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -356,20 +356,13 @@ async fn transfer(
         }
     };
     let bytes = body.len() as u64;
-    let offered = Forward::Snapshot(Offered {
+    let offered = Offered {
         session: id.to_owned(),
         position: capture.position,
         base,
         tail,
-    });
-    let answer = async {
-        let (mut send, mut recv) = mesh.open(replica).await.map_err(NodeError::Unavailable)?;
-        write_json(&mut send, &offered).await?;
-        write_frame(&mut send, &body).await?;
-        let _ = send.finish();
-        read_json::<Result<(), RemoteError>>(&mut recv).await
-    }
-    .await;
+    };
+    let answer = send(mesh, replica, offered, &body).await;
     let kind = if base.is_some() { "delta" } else { "full" };
     match answer {
         Ok(Ok(())) => Ok((kind, bytes)),
@@ -377,6 +370,39 @@ async fn transfer(
         Ok(Err(e)) => Err(Transfer::Failed(capture, e.into())),
         Err(e) => Err(Transfer::Failed(capture, e)),
     }
+}
+
+/// Sends node `to` a whole sealed snapshot of session `id` at `position`
+/// (a handoff target, before the fence).
+pub(crate) async fn offer_whole(
+    mesh: &Mesh,
+    to: &str,
+    id: &str,
+    position: u64,
+    sealed: &[u8],
+    tail: Tail,
+) -> Result<(), NodeError> {
+    let offered = Offered {
+        session: id.to_owned(),
+        position,
+        base: None,
+        tail,
+    };
+    send(mesh, to, offered, sealed).await?.map_err(NodeError::from)
+}
+
+/// One transfer on its own stream: the offer, the body, and the answer.
+async fn send(
+    mesh: &Mesh,
+    to: &str,
+    offered: Offered,
+    body: &[u8],
+) -> Result<Result<(), RemoteError>, NodeError> {
+    let (mut send, mut recv) = mesh.open(to).await.map_err(NodeError::Unavailable)?;
+    write_json(&mut send, &Forward::Snapshot(offered)).await?;
+    write_frame(&mut send, body).await?;
+    let _ = send.finish();
+    read_json::<Result<(), RemoteError>>(&mut recv).await
 }
 
 /// Keeps a snapshot the session's owner shipped here, once this node's

@@ -225,6 +225,14 @@ enum Input {
     Command(Command),
 }
 
+/// An append waiting for its session's lease.
+type Leasing = (
+    String,
+    Vec<Vec<u8>>,
+    u64,
+    oneshot::Sender<Result<Appended, AppendError>>,
+);
+
 /// A journal write finished: `(session, generation, result)`.
 type Written = (String, u64, Result<(), String>);
 
@@ -286,7 +294,13 @@ enum Command {
         session: String,
         reply: oneshot::Sender<String>,
     },
-    Drain,
+    Drain {
+        reply: oneshot::Sender<usize>,
+    },
+    Warmed {
+        session: String,
+        to: NodeId,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -301,6 +315,7 @@ pub struct Mesh {
     tunnels: Mutex<Option<mpsc::Receiver<Tunnel>>>,
     addr: SocketAddr,
     name: String,
+    synced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn now_ms() -> u64 {
@@ -344,6 +359,7 @@ impl Mesh {
         let (records_tx, records) = watch::channel(0);
         let (tunnels_tx, tunnels) = mpsc::channel(1024);
         let (written_tx, written_rx) = mpsc::unbounded_channel();
+        let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
         // Accept loop.
         {
             let transport = transport.clone();
@@ -378,9 +394,14 @@ impl Mesh {
             journals: BTreeMap::new(),
             starting: BTreeMap::new(),
             failed: None,
+            leasing: Vec::new(),
+            synced: synced.clone(),
+            draining: Vec::new(),
+            drained: None,
         };
         tokio::spawn(driver.run(rx, written_rx));
         Ok(Mesh {
+            synced,
             inputs,
             events,
             records,
@@ -388,6 +409,12 @@ impl Mesh {
             addr,
             name,
         })
+    }
+
+    /// Whether this node holds the records of every peer it sees up (a
+    /// node that just joined knows of no sessions before).
+    pub fn synced(&self) -> bool {
+        self.synced.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Where it listens.
@@ -580,9 +607,23 @@ impl Mesh {
             .unwrap_or_default()
     }
 
-    /// Starts draining.
-    pub async fn drain(&self) {
-        let _ = self.inputs.send(Input::Command(Command::Drain)).await;
+    /// Drains: this node turns not-ready, hands every session it owns to
+    /// another node and lets go of those it replicates. Returns when that is
+    /// done (0) or the drain deadline passed, with the sessions still here.
+    pub async fn drain(&self) -> usize {
+        self.ask(|reply| Command::Drain { reply })
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Tells the protocol that `to`, the target of `session`'s handoff, is
+    /// warm (see `Config::await_warm`): the handoff may fence.
+    pub async fn warmed(&self, session: &str, to: NodeId) {
+        let command = Command::Warmed {
+            session: session.to_owned(),
+            to,
+        };
+        let _ = self.inputs.send(Input::Command(command)).await;
     }
 
     /// Stops: closes every connection (peers see this node go down).
@@ -644,6 +685,15 @@ struct Driver {
     starting: BTreeMap<String, (u64, oneshot::Sender<Result<SessionRecord, String>>)>,
     /// The store failed: nothing more is acknowledged (fail-stop).
     failed: Option<String>,
+    /// Appends waiting for a lease or a move's end: (session, entries,
+    /// deadline, reply).
+    leasing: Vec<Leasing>,
+    /// Callers of `Mesh::drain` waiting for it to end.
+    draining: Vec<oneshot::Sender<usize>>,
+    /// Shared with `Mesh::synced`.
+    synced: Arc<std::sync::atomic::AtomicBool>,
+    /// How the drain ended: the sessions left.
+    drained: Option<usize>,
 }
 
 impl Driver {
@@ -768,9 +818,20 @@ impl Driver {
                 session,
                 entries,
                 reply,
-            } => {
-                let _ = reply.send(self.append(session, entries, now));
-            }
+            } => match self.append(session.clone(), entries.clone(), now) {
+                // Owned, but not appending right now: the lease is not
+                // there yet (just taken over), or a move fenced it. Wait
+                // for the lease or the move's end rather than refuse.
+                Err(AppendError::Refused(Refusal::NoLease | Refusal::Moving))
+                    if self.node.record(&session).is_some_and(|r| r.owner == self.id) =>
+                {
+                    let deadline = now + self.ack_timeout.as_millis() as u64;
+                    self.leasing.push((session, entries, deadline, reply));
+                }
+                result => {
+                    let _ = reply.send(result);
+                }
+            },
             Command::Act { session, action } => {
                 match self.node.record(&session).map(|r| r.owner.clone()) {
                     Some(owner) if owner != self.id => {
@@ -823,7 +884,16 @@ impl Driver {
             Command::Describe { session, reply } => {
                 let _ = reply.send(self.node.describe(&session));
             }
-            Command::Drain => self.node.drain(now),
+            Command::Drain { reply } => match self.drained {
+                Some(left) => {
+                    let _ = reply.send(left);
+                }
+                None => {
+                    self.draining.push(reply);
+                    self.node.drain(now);
+                }
+            },
+            Command::Warmed { session, to } => self.node.warmed(&session, &to, now),
             Command::Shutdown { reply } => {
                 self.transport.close();
                 let _ = reply.send(());
@@ -1102,6 +1172,21 @@ impl Driver {
     /// acknowledgements back until their write is done) and publishes its
     /// events.
     fn flush(&mut self) {
+        if !self.leasing.is_empty() {
+            let now = now_ms();
+            for (session, entries, deadline, reply) in std::mem::take(&mut self.leasing) {
+                match self.append(session.clone(), entries.clone(), now) {
+                    Err(AppendError::Refused(Refusal::NoLease | Refusal::Moving))
+                        if deadline > now =>
+                    {
+                        self.leasing.push((session, entries, deadline, reply));
+                    }
+                    result => {
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }
         self.write_changes();
         for (to, message) in self.node.poll_transmit() {
             let failed = self.failed.is_some();
@@ -1127,6 +1212,12 @@ impl Driver {
                         let _ = reply.send(record.ok_or_else(|| "the record vanished".into()));
                     }
                 }
+                Event::Drained { left } => {
+                    self.drained = Some(*left);
+                    for reply in self.draining.drain(..) {
+                        let _ = reply.send(*left);
+                    }
+                }
                 Event::SteppedDown { session, .. } => {
                     if let Some(w) = self.journals.get_mut(session) {
                         w.acked = 0;
@@ -1141,6 +1232,8 @@ impl Driver {
             }
             let _ = self.events.send(event);
         }
+        self.synced
+            .store(self.node.synced(), std::sync::atomic::Ordering::Relaxed);
         let records = self.node.records_counter();
         if records != self.records_seen {
             self.records_seen = records;

@@ -52,8 +52,17 @@ impl Node {
                 break (players, admin.parse().expect("a socket address"));
             }
         };
-        // Keep draining stdout so the node never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining stdout so the node never blocks on it (and show
+        // its log with BATON_TEST_LOGS set).
+        let show = std::env::var_os("BATON_TEST_LOGS").is_some();
+        let port = SocketAddr::port(&addr);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if show {
+                    eprintln!("[{port}] {line}");
+                }
+            }
+        });
         let token =
             std::fs::read_to_string(data_dir.join("operator-token")).expect("an operator token");
         Node {

@@ -1,0 +1,261 @@
+//! Handoffs on drain, the host's side: the protocol core decides who takes
+//! each session and when to fence; this module makes the cutover short and
+//! checks that it was exact.
+//!
+//! 1. **Warm** (the core says `HandingOff`): the owner captures the session
+//!    and sends the target a whole snapshot while the session keeps
+//!    serving; then it tells the core the target is warm, and only then
+//!    does the core fence. The target's takeover restores that snapshot and
+//!    replays the few entries after it.
+//! 2. **Fence** (the core says `Fenced`): the owner waits for the call in
+//!    flight, hashes the instance's memory at the fence and sends the
+//!    target a [`FenceNote`].
+//! 3. **Arrival** (on the target): the hash after restore, the note, and the
+//!    time from the fence to the first action applied here (the cutover)
+//!    make the session's [`Arrival`], reported with the session.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use baton_cluster::NodeId;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{Forward, RemoteError, read_json, write_json};
+use crate::error::NodeError;
+use crate::node::{Node, SessionCell};
+use crate::snapshots::{self, Tail};
+
+/// Microseconds since the Unix epoch: fence and arrival are stamped on two
+/// nodes' clocks (one clock on one machine; across machines the cutover
+/// figure carries their offset).
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// What the old owner tells the target at the fence.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct FenceNote {
+    pub(crate) session: String,
+    /// The old owner's name.
+    pub(crate) from: String,
+    /// The journal length at the fence.
+    pub(crate) position: u64,
+    /// SHA-256 of the instance's memories and globals at the fence, hex.
+    pub(crate) digest: String,
+    /// When the fence was seen (µs since the Unix epoch, the old owner's clock).
+    pub(crate) fenced_at_us: u64,
+}
+
+/// How a session came to this node (handoff or failover), as its new
+/// owner saw it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Arrival {
+    /// The previous owner, when it handed the session over (absent after a
+    /// failover).
+    pub from: Option<String>,
+    /// The journal position the session resumed at.
+    pub position: u64,
+    /// The snapshot position the restore started from (0: replayed all).
+    pub snapshot: u64,
+    /// SHA-256 of the memories and globals right after the restore, hex.
+    pub restored_digest: String,
+    /// The same hash taken by the previous owner at the fence.
+    pub fence_digest: Option<String>,
+    /// Whether the two hashes are equal (absent until both are known).
+    pub exact: Option<bool>,
+    /// Milliseconds from the fence until the session was restored here,
+    /// ready to apply.
+    pub ready_ms: Option<f64>,
+    /// Milliseconds from the fence to the first action applied here (the
+    /// cutover pause, if a player was waiting to act).
+    pub cutover_ms: Option<f64>,
+    #[serde(skip)]
+    pub(crate) module: String,
+    #[serde(skip)]
+    pub(crate) fenced_at_us: Option<u64>,
+    #[serde(skip)]
+    pub(crate) restored_us: Option<u64>,
+    #[serde(skip)]
+    pub(crate) first_applied_us: Option<u64>,
+}
+
+impl Arrival {
+    /// Fills in what both sides are known for; true when the cutover
+    /// became known with this call.
+    fn settle(&mut self) -> bool {
+        if let Some(fence) = &self.fence_digest {
+            self.exact = Some(*fence == self.restored_digest);
+        }
+        let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1000.0;
+        if let (Some(fenced), Some(restored)) = (self.fenced_at_us, self.restored_us) {
+            self.ready_ms = Some(ms(fenced, restored));
+        }
+        match (self.cutover_ms, self.fenced_at_us, self.first_applied_us) {
+            (None, Some(fenced), Some(applied)) => {
+                self.cutover_ms = Some(ms(fenced, applied));
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Sends `to` a whole, current snapshot of session `id`, then tells the
+/// core it is warm, even if the transfer failed: the target then replays
+/// the journal, slower but as exact.
+pub(crate) async fn warm(node: Arc<Node>, id: String, module: String, to: NodeId) {
+    let started = std::time::Instant::now();
+    match send_snapshot(&node, &id, &to.name).await {
+        Ok(Some(bytes)) => {
+            tracing::debug!(session = %id, target = %to.name, bytes, took = ?started.elapsed(), "handoff target warmed");
+            node.metrics
+                .handoff_warmed(&module, bytes, started.elapsed());
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(session = %id, target = %to.name, error = %e, "could not warm the handoff target; it will replay the journal");
+        }
+    }
+    if let Some(mesh) = node.mesh.get() {
+        mesh.warmed(&id, to).await;
+    }
+}
+
+async fn send_snapshot(node: &Arc<Node>, id: &str, to: &str) -> Result<Option<u64>, NodeError> {
+    let Some(mesh) = node.mesh.get() else {
+        return Ok(None);
+    };
+    if !speaks_handoff(mesh, to).await {
+        // An older host: it takes the session over from the journal alone.
+        return Ok(None);
+    }
+    let Some((position, sealed)) = node.checkpoint_now(id).await? else {
+        return Ok(None);
+    };
+    let Some(tail) = mesh
+        .journal(id, position.saturating_sub(1))
+        .await
+        .first()
+        .map(Tail::of)
+    else {
+        return Ok(None);
+    };
+    snapshots::offer_whole(mesh, to, id, position, &sealed, tail).await?;
+    Ok(Some(sealed.len() as u64))
+}
+
+/// At the fence: hashes the session as it stands and tells the target.
+pub(crate) async fn fenced(
+    node: Arc<Node>,
+    cell: Arc<SessionCell>,
+    position: u64,
+    to: NodeId,
+    fenced_at_us: u64,
+) {
+    let id = cell.record.id.clone();
+    let Some(mesh) = node.mesh.get() else { return };
+    if !speaks_handoff(mesh, &to.name).await {
+        return;
+    }
+    let digest = match node.digest_at(cell, position).await {
+        Ok(digest) => digest,
+        Err(e) => {
+            tracing::warn!(session = %id, error = %e, "could not hash the session at the fence");
+            return;
+        }
+    };
+    let note = FenceNote {
+        session: id.clone(),
+        from: mesh.name().to_owned(),
+        position,
+        digest,
+        fenced_at_us,
+    };
+    let sent = async {
+        let (mut send, mut recv) = mesh.open(&to.name).await.map_err(NodeError::Unavailable)?;
+        write_json(&mut send, &Forward::Fenced(note)).await?;
+        let _ = send.finish();
+        read_json::<Result<(), RemoteError>>(&mut recv)
+            .await?
+            .map_err(NodeError::from)
+    };
+    if let Err(e) = sent.await {
+        tracing::warn!(session = %id, target = %to.name, error = %e, "the fence note did not arrive");
+    }
+}
+
+/// Whether node `to` takes snapshots and fence notes (wire version 2).
+async fn speaks_handoff(mesh: &baton_transport::Mesh, to: &str) -> bool {
+    mesh.wire_version(to)
+        .await
+        .is_some_and(|v| v >= snapshots::SNAPSHOT_WIRE_VERSION)
+}
+
+impl Node {
+    /// Records a fence note from a session's previous owner.
+    pub(crate) fn note_fence(&self, note: FenceNote) {
+        self.with_arrival(&note.session, |arrival| {
+            arrival.from = Some(note.from);
+            arrival.fence_digest = Some(note.digest);
+            arrival.fenced_at_us = Some(note.fenced_at_us);
+        });
+    }
+
+    /// Records the restore of a session taken over here.
+    pub(crate) fn note_restored(
+        &self,
+        id: &str,
+        module: &str,
+        position: u64,
+        snapshot: u64,
+        digest: String,
+    ) {
+        self.with_arrival(id, |arrival| {
+            arrival.module = module.to_owned();
+            arrival.position = position;
+            arrival.snapshot = snapshot;
+            arrival.restored_digest = digest;
+            arrival.restored_us = Some(now_us());
+        });
+    }
+
+    /// Records an action applied, the first one ending the cutover.
+    pub(crate) fn note_applied(&self, id: &str) {
+        let pending = self
+            .arrivals()
+            .get(id)
+            .is_some_and(|a| a.first_applied_us.is_none());
+        if pending {
+            let at = now_us();
+            self.with_arrival(id, |arrival| {
+                arrival.first_applied_us.get_or_insert(at);
+            });
+        }
+    }
+
+    /// How session `id` arrived here, if it did.
+    pub(crate) fn arrival(&self, id: &str) -> Option<Arrival> {
+        self.arrivals().get(id).cloned()
+    }
+
+    fn with_arrival(&self, id: &str, change: impl FnOnce(&mut Arrival)) {
+        let arrived = {
+            let mut arrivals = self.arrivals();
+            let arrival = arrivals.entry(id.to_owned()).or_default();
+            change(arrival);
+            arrival.settle().then(|| arrival.clone())
+        };
+        if let Some(Arrival {
+            module,
+            cutover_ms: Some(ms),
+            exact,
+            ..
+        }) = arrived
+        {
+            let cutover = std::time::Duration::from_secs_f64(ms / 1000.0);
+            self.metrics.handoff_arrived(&module, cutover, exact);
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! A player's WebSocket to a session owned by another node: relayed over a
+//! QUIC stream, message by message, and following the session when it
+//! moves, so that the player notices nothing.
+//!
+//! The relay keeps what it needs to pick up where it was: the player's
+//! token, the last position the player was sent, and the actions not yet
+//! answered. When the session moves (the owner says where, in a handoff;
+//! or its record names a new owner, after a failover), the relay joins
+//! there with that position, sends the unanswered actions again (their ids
+//! make that safe) and passes on only the events the player missed.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use serde_json::Value;
+
+use crate::api::{App, PlayerSocket, close, close_with};
+use crate::cluster::{Forward, Relayed, read_json, write_json};
+use crate::error::NodeError;
+
+/// Where a moved connection picks up (see the module docs).
+#[derive(Debug, Default)]
+pub(crate) struct Resume {
+    /// The player's token (`None`: a spectator).
+    pub(crate) token: Option<String>,
+    /// The last position the player was sent.
+    pub(crate) after: Option<u64>,
+    /// Actions sent and not answered, as `(id, message)`.
+    pub(crate) unanswered: Vec<(String, String)>,
+    /// The player joined (a relay that moves before cannot rejoin for it).
+    pub(crate) joined: bool,
+}
+
+impl Resume {
+    /// Notes a message from the player; the first join gives the token.
+    fn from_player(&mut self, text: &str) {
+        let Ok(message) = serde_json::from_str::<Value>(text) else {
+            return;
+        };
+        match message.get("type").and_then(Value::as_str) {
+            Some("join") => {
+                self.joined = true;
+                self.token = message
+                    .get("token")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                self.after = message
+                    .get("after")
+                    .and_then(|p| p.get("seq"))
+                    .and_then(Value::as_u64);
+            }
+            Some("act") => {
+                if let Some(id) = message.get("id").and_then(Value::as_str) {
+                    self.unanswered.push((id.to_owned(), text.to_owned()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Notes a message for the player; returns what to pass on (a rejoin's
+    /// `joined` becomes the events the player missed).
+    fn from_owner(&mut self, text: String, rejoined: &mut bool) -> Vec<String> {
+        let Ok(message) = serde_json::from_str::<Value>(&text) else {
+            return vec![text];
+        };
+        let seen = |after: &mut Option<u64>, seq: Option<u64>| {
+            if let Some(seq) = seq {
+                *after = Some(after.map_or(seq, |a| a.max(seq)));
+            }
+        };
+        match message.get("type").and_then(Value::as_str) {
+            Some("joined") => {
+                let position = message
+                    .get("position")
+                    .and_then(|p| p.get("seq"))
+                    .and_then(Value::as_u64);
+                let resync = message.get("resync").and_then(Value::as_bool) == Some(true);
+                if std::mem::take(rejoined) && !resync {
+                    let missed: Vec<String> = message
+                        .get("missed")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|batch| {
+                            let mut batch = batch.clone();
+                            seen(&mut self.after, batch.get("seq").and_then(Value::as_u64));
+                            batch
+                                .as_object_mut()?
+                                .insert("type".into(), Value::from("events"));
+                            serde_json::to_string(&batch).ok()
+                        })
+                        .collect();
+                    seen(&mut self.after, position);
+                    return missed;
+                }
+                seen(&mut self.after, position);
+            }
+            Some("events") => seen(&mut self.after, message.get("seq").and_then(Value::as_u64)),
+            Some("ack" | "error") => {
+                if let Some(id) = message.get("id").and_then(Value::as_str) {
+                    self.unanswered.retain(|(sent, _)| sent != id);
+                }
+            }
+            _ => {}
+        }
+        vec![text]
+    }
+
+    /// The join that resumes at the new owner.
+    fn join(&self) -> String {
+        let mut join = serde_json::json!({ "type": "join" });
+        if let Some(token) = &self.token {
+            join["token"] = Value::from(token.clone());
+        }
+        if let Some(seq) = self.after {
+            join["after"] = serde_json::json!({ "epoch": 1, "seq": seq });
+        }
+        join.to_string()
+    }
+}
+
+/// How long a relay waits for the owner to take a relayed connection.
+const OPEN_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a relay waits for a session whose owner vanished to have a
+/// new one before it tells the player to reconnect.
+const FAILOVER_WAIT: Duration = Duration::from_secs(10);
+
+/// Relays `socket` to session `id` on node `owner`, following the session
+/// wherever it moves. `resume` is `None` for a fresh connection (the
+/// player's join passes through), or where a moved connection picks up.
+pub(crate) async fn relay(
+    app: App,
+    id: String,
+    mut owner: String,
+    mut socket: WebSocket,
+    resume: Option<Resume>,
+) {
+    let Some(mesh) = app.node.mesh.get().cloned() else {
+        return;
+    };
+    let mut rejoin = resume.is_some();
+    let mut resume = resume.unwrap_or_default();
+    let mut shutdown = app.shutdown.clone();
+    let mut records = mesh.records_changed();
+    loop {
+        let opened = async {
+            let (mut send, recv) = mesh.open(&owner).await.map_err(NodeError::Unavailable)?;
+            write_json(
+                &mut send,
+                &Forward::Play {
+                    session: id.clone(),
+                },
+            )
+            .await?;
+            if rejoin {
+                write_json(&mut send, &Relayed::Text(resume.join())).await?;
+                for (_, act) in &resume.unanswered {
+                    write_json(&mut send, &Relayed::Text(act.clone())).await?;
+                }
+            }
+            Ok::<_, NodeError>((send, recv))
+        };
+        let opened = tokio::time::timeout(OPEN_WAIT, opened).await;
+        let (mut send, mut recv) = match opened {
+            Ok(Ok(streams)) => streams,
+            Ok(Err(e)) => return close_with(socket, close::MOVED, &e.to_string()).await,
+            Err(_) => {
+                return close_with(
+                    socket,
+                    close::MOVED,
+                    "the session's node does not answer; reconnect with your last position",
+                )
+                .await;
+            }
+        };
+        let mut rejoined = rejoin;
+        // Where to go next: the owner said, or it vanished.
+        let next: Option<String> = loop {
+            tokio::select! {
+                from_player = socket.recv() => {
+                    let relayed = match from_player {
+                        Some(Ok(Message::Text(text))) => {
+                            resume.from_player(&text);
+                            Relayed::Text(text.to_string())
+                        }
+                        Some(Ok(Message::Close(frame))) => {
+                            let (code, reason) = frame.map_or((1000, String::new()), |f| (f.code, f.reason.to_string()));
+                            let _ = write_json(&mut send, &Relayed::Close { code, reason }).await;
+                            let _ = send.finish();
+                            return;
+                        }
+                        Some(Ok(_)) => continue,
+                        None | Some(Err(_)) => {
+                            let _ = send.finish();
+                            return;
+                        }
+                    };
+                    if write_json(&mut send, &relayed).await.is_err() {
+                        break None;
+                    }
+                }
+                from_owner = read_json::<Relayed>(&mut recv) => {
+                    match from_owner {
+                        Ok(Relayed::Text(text)) => {
+                            for text in resume.from_owner(text, &mut rejoined) {
+                                if socket.send(Message::Text(Utf8Bytes::from(text))).await.is_err() {
+                                    let _ = send.finish();
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(Relayed::Moved { to }) => break Some(to),
+                        Ok(Relayed::Close { code, reason }) => return close_with(socket, code, &reason).await,
+                        Err(_) => break None,
+                    }
+                }
+                // The records may name a new owner before the old one
+                // says so, or when it vanished without a word.
+                Ok(()) = records.changed() => {
+                    if let Some(record) = mesh.record(&id).await
+                        && record.owner.name != owner
+                    {
+                        break Some(record.owner.name);
+                    }
+                }
+                _ = shutdown.changed() => {
+                    let _ = send.finish();
+                    return close_with(socket, close::GOING_AWAY, "the node is shutting down; reconnect with your last position").await;
+                }
+            }
+        };
+        let _ = send.finish();
+        let next = match next {
+            Some(to) => Some(to),
+            None => new_owner(&app, &id, &owner).await,
+        };
+        match next {
+            Some(to) => {
+                tracing::debug!(session = %id, from = %owner, %to, "a relayed player follows the session");
+                owner = to;
+                // Before the player's join, its join still passes through.
+                rejoin = resume.joined;
+            }
+            None => {
+                return close_with(
+                    socket,
+                    close::MOVED,
+                    "the session's node went away; reconnect with your last position",
+                )
+                .await;
+            }
+        }
+    }
+}
+
+/// The owner of session `id` once it is no longer `old` (a failover),
+/// waiting on the cluster's records for at most [`FAILOVER_WAIT`].
+async fn new_owner(app: &App, id: &str, old: &str) -> Option<String> {
+    let mesh = app.node.mesh.get()?;
+    let mut records = mesh.records_changed();
+    let wait = async {
+        loop {
+            match mesh.record(id).await {
+                Some(record) if record.owner.name != old => return Some(record.owner.name),
+                None => return None,
+                Some(_) => {}
+            }
+            records.changed().await.ok()?;
+        }
+    };
+    tokio::time::timeout(FAILOVER_WAIT, wait).await.ok().flatten()
+}
+
+/// A connection the owner serves directly, whose session just moved to
+/// `to`: it becomes a relay there (a WebSocket here), or tells the relay
+/// at the other end where to go (a tunnel).
+pub(crate) trait Follow: PlayerSocket + Sized {
+    fn follow(
+        self,
+        app: App,
+        id: String,
+        to: Option<String>,
+        resume: Resume,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+impl Follow for WebSocket {
+    async fn follow(self, app: App, id: String, to: Option<String>, resume: Resume) {
+        match to {
+            Some(to) => relay(app, id, to, self, Some(resume)).await,
+            None => {
+                close_with(
+                    self,
+                    close::MOVED,
+                    "the session moved; reconnect with your last position",
+                )
+                .await;
+            }
+        }
+    }
+}
