@@ -672,7 +672,9 @@ impl Sim {
                 // The host's snapshot to the target, taken as done at once;
                 // its effect is only on when the handoff may fence.
                 Event::HandingOff { session, to } => warmed.push((session, to)),
-                Event::Fenced { session, len, to, .. } => {
+                Event::Fenced {
+                    session, len, to, ..
+                } => {
                     self.log(format!("{name} fences {session} at {len} for {to}"));
                 }
             }

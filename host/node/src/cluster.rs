@@ -72,9 +72,14 @@ pub(crate) enum Forward {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Relayed {
     Text(String),
-    Close { code: u16, reason: String },
+    Close {
+        code: u16,
+        reason: String,
+    },
     /// The session moved to node `to`: the relay follows it there.
-    Moved { to: String },
+    Moved {
+        to: String,
+    },
 }
 
 const MAX_FRAME: usize = 64 << 20;

@@ -126,7 +126,12 @@ impl Metrics {
             Some(false) => "differs",
             None => "unchecked",
         };
-        self.add("baton_handoffs_in_total", module, Some(("digest", result)), 1);
+        self.add(
+            "baton_handoffs_in_total",
+            module,
+            Some(("digest", result)),
+            1,
+        );
         self.observe("baton_handoff_cutover_seconds", module, None, cutover);
     }
 

@@ -1240,7 +1240,10 @@ impl Node {
         if left == 0 {
             tracing::info!("drained: every session handed off");
         } else {
-            tracing::warn!(left, "the drain deadline passed; the sessions left fail over to their replicas");
+            tracing::warn!(
+                left,
+                "the drain deadline passed; the sessions left fail over to their replicas"
+            );
         }
         Some(left)
     }
@@ -1629,7 +1632,8 @@ impl Node {
     /// deadline, never polls.
     async fn run_ticker(self: Arc<Self>, cell: Arc<SessionCell>) {
         loop {
-            if self.shutting_down.load(Ordering::Relaxed) || *cell.moved.borrow() != Location::Here {
+            if self.shutting_down.load(Ordering::Relaxed) || *cell.moved.borrow() != Location::Here
+            {
                 return;
             }
             let due = cell.state.lock().await.next_tick;

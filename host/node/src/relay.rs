@@ -34,7 +34,7 @@ pub(crate) struct Resume {
 
 impl Resume {
     /// Notes a message from the player; the first join gives the token.
-    fn from_player(&mut self, text: &str) {
+    fn note_from_player(&mut self, text: &str) {
         let Ok(message) = serde_json::from_str::<Value>(text) else {
             return;
         };
@@ -61,7 +61,7 @@ impl Resume {
 
     /// Notes a message for the player; returns what to pass on (a rejoin's
     /// `joined` becomes the events the player missed).
-    fn from_owner(&mut self, text: String, rejoined: &mut bool) -> Vec<String> {
+    fn note_from_owner(&mut self, text: String, rejoined: &mut bool) -> Vec<String> {
         let Ok(message) = serde_json::from_str::<Value>(&text) else {
             return vec![text];
         };
@@ -183,7 +183,7 @@ pub(crate) async fn relay(
                 from_player = socket.recv() => {
                     let relayed = match from_player {
                         Some(Ok(Message::Text(text))) => {
-                            resume.from_player(&text);
+                            resume.note_from_player(&text);
                             Relayed::Text(text.to_string())
                         }
                         Some(Ok(Message::Close(frame))) => {
@@ -205,7 +205,7 @@ pub(crate) async fn relay(
                 from_owner = read_json::<Relayed>(&mut recv) => {
                     match from_owner {
                         Ok(Relayed::Text(text)) => {
-                            for text in resume.from_owner(text, &mut rejoined) {
+                            for text in resume.note_from_owner(text, &mut rejoined) {
                                 if socket.send(Message::Text(Utf8Bytes::from(text))).await.is_err() {
                                     let _ = send.finish();
                                     return;
@@ -271,7 +271,10 @@ async fn new_owner(app: &App, id: &str, old: &str) -> Option<String> {
             records.changed().await.ok()?;
         }
     };
-    tokio::time::timeout(FAILOVER_WAIT, wait).await.ok().flatten()
+    tokio::time::timeout(FAILOVER_WAIT, wait)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// A connection the owner serves directly, whose session just moved to

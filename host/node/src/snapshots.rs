@@ -388,7 +388,9 @@ pub(crate) async fn offer_whole(
         base: None,
         tail,
     };
-    send(mesh, to, offered, sealed).await?.map_err(NodeError::from)
+    send(mesh, to, offered, sealed)
+        .await?
+        .map_err(NodeError::from)
 }
 
 /// One transfer on its own stream: the offer, the body, and the answer.

@@ -823,7 +823,10 @@ impl Driver {
                 // there yet (just taken over), or a move fenced it. Wait
                 // for the lease or the move's end rather than refuse.
                 Err(AppendError::Refused(Refusal::NoLease | Refusal::Moving))
-                    if self.node.record(&session).is_some_and(|r| r.owner == self.id) =>
+                    if self
+                        .node
+                        .record(&session)
+                        .is_some_and(|r| r.owner == self.id) =>
                 {
                     let deadline = now + self.ack_timeout.as_millis() as u64;
                     self.leasing.push((session, entries, deadline, reply));

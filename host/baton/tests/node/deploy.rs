@@ -46,7 +46,12 @@ struct Played {
 
 /// Plays `session` as its first player until `stop`, reconnecting (with its
 /// last position, resending the unanswered action) whenever a node closes.
-async fn bot(session: String, token: String, entrances: Entrances, stop: Arc<AtomicBool>) -> Played {
+async fn bot(
+    session: String,
+    token: String,
+    entrances: Entrances,
+    stop: Arc<AtomicBool>,
+) -> Played {
     let mut played = Played {
         session: session.clone(),
         ..Played::default()
@@ -85,8 +90,9 @@ async fn bot(session: String, token: String, entrances: Entrances, stop: Arc<Ato
                 }
                 k += 1;
                 let id = format!("a{k}");
-                let dr = if k % 2 == 0 { 1 } else { -1 };
-                let act = json!({"type": "act", "id": id, "action": {"type": "move", "dq": 0, "dr": dr}});
+                let dr = if k.is_multiple_of(2) { 1 } else { -1 };
+                let act =
+                    json!({"type": "act", "id": id, "action": {"type": "move", "dq": 0, "dr": dr}});
                 send(&mut socket, act.clone()).await;
                 pending = Some((id, act));
             }
@@ -116,7 +122,9 @@ async fn bot(session: String, token: String, entrances: Entrances, stop: Arc<Ato
                     continue 'connect;
                 }
                 Next::Silent => {
-                    played.errors.push(format!("no answer within 20 s (pending {pending:?})"));
+                    played
+                        .errors
+                        .push(format!("no answer within 20 s (pending {pending:?})"));
                     continue 'connect;
                 }
             }
@@ -251,7 +259,12 @@ async fn a_rolling_deploy_moves_every_session_exactly_and_bots_notice_nothing() 
         .filter(|p| !p.errors.is_empty() || p.reconnects.len() > 3)
         .map(|p| format!("{}: {:?} {:?}", p.session, p.errors, p.reconnects))
         .collect();
-    assert!(troubled.is_empty(), "{} bots in trouble:\n{}", troubled.len(), troubled.join("\n"));
+    assert!(
+        troubled.is_empty(),
+        "{} bots in trouble:\n{}",
+        troubled.len(),
+        troubled.join("\n")
+    );
     for p in &played {
         assert!(p.errors.is_empty(), "{}: {:?}", p.session, p.errors);
         assert!(
@@ -276,12 +289,18 @@ async fn a_rolling_deploy_moves_every_session_exactly_and_bots_notice_nothing() 
         let (status, summary) = owner.admin("GET", &format!("/v1/sessions/{id}"), &Value::Null);
         assert_eq!(status, 200, "{summary}");
         let arrival = &summary["arrival"];
-        assert!(arrival["from"].is_string(), "{id} was not handed over: {summary}");
+        assert!(
+            arrival["from"].is_string(),
+            "{id} was not handed over: {summary}"
+        );
         assert_eq!(
             arrival["exact"], true,
             "{id}: the hash after restore differs from the one at the fence: {arrival}"
         );
-        assert!(arrival["snapshot"].as_u64() > Some(0), "{id} replayed its whole journal: {arrival}");
+        assert!(
+            arrival["snapshot"].as_u64() > Some(0),
+            "{id} replayed its whole journal: {arrival}"
+        );
         cutovers.extend(arrival["cutover_ms"].as_f64());
         ready.extend(arrival["ready_ms"].as_f64());
         assert_replica_equals_owner(&nodes, id, "after the deploy");
@@ -290,7 +309,11 @@ async fn a_rolling_deploy_moves_every_session_exactly_and_bots_notice_nothing() 
     for p in &played {
         let (id, seq) = p.last_ack.clone().expect("an ack");
         let (owner, _) = owner_of(&nodes, &p.session);
-        let token = &sessions.iter().find(|(s, _)| *s == p.session).expect("session").1[0];
+        let token = &sessions
+            .iter()
+            .find(|(s, _)| *s == p.session)
+            .expect("session")
+            .1[0];
         let body = json!({"id": id, "action": {"type": "move", "dq": 0, "dr": 1}}).to_string();
         let (status, again) = owner.http(
             "POST",

@@ -225,4 +225,3 @@ pub(crate) fn create(through: &Node) -> (String, Vec<String>) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
-
