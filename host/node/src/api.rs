@@ -23,7 +23,7 @@ use crate::cluster::{
 };
 use crate::error::NodeError;
 use crate::node::{ActOutcome, CreateSession, EventBatch, Location, Node};
-use crate::relay::{Follow, Resume, relay};
+use crate::relay::{Follow, Resume, close_moved, relay};
 
 /// What a router serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -486,14 +486,7 @@ impl Follow for TunnelSocket {
                 let _ = write_json(&mut self.send, &Relayed::Moved { to }).await;
                 let _ = self.send.finish();
             }
-            None => {
-                close_with(
-                    self,
-                    close::MOVED,
-                    "the session moved; reconnect with your last position",
-                )
-                .await;
-            }
+            None => close_moved(self).await,
         }
     }
 }

@@ -277,6 +277,16 @@ async fn new_owner(app: &App, id: &str, old: &str) -> Option<String> {
         .flatten()
 }
 
+/// Tells a player whose session moved to an unknown node to reconnect.
+pub(crate) async fn close_moved(socket: impl PlayerSocket) {
+    close_with(
+        socket,
+        close::MOVED,
+        "the session moved; reconnect with your last position",
+    )
+    .await;
+}
+
 /// A connection the owner serves directly, whose session just moved to
 /// `to`: it becomes a relay there (a WebSocket here), or tells the relay
 /// at the other end where to go (a tunnel).
@@ -294,14 +304,7 @@ impl Follow for WebSocket {
     async fn follow(self, app: App, id: String, to: Option<String>, resume: Resume) {
         match to {
             Some(to) => relay(app, id, to, self, Some(resume)).await,
-            None => {
-                close_with(
-                    self,
-                    close::MOVED,
-                    "the session moved; reconnect with your last position",
-                )
-                .await;
-            }
+            None => close_moved(self).await,
         }
     }
 }
