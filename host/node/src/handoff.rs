@@ -221,18 +221,12 @@ impl Node {
         });
     }
 
-    /// Records an action applied, the first one ending the cutover.
+    /// Records the first action applied after a takeover: the cutover's end.
     pub(crate) fn note_applied(&self, id: &str) {
-        let pending = self
-            .arrivals()
-            .get(id)
-            .is_some_and(|a| a.first_applied_us.is_none());
-        if pending {
-            let at = now_us();
-            self.with_arrival(id, |arrival| {
-                arrival.first_applied_us.get_or_insert(at);
-            });
-        }
+        let at = now_us();
+        self.with_arrival(id, |arrival| {
+            arrival.first_applied_us.get_or_insert(at);
+        });
     }
 
     /// How session `id` arrived here, if it did.

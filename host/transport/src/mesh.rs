@@ -818,23 +818,14 @@ impl Driver {
                 session,
                 entries,
                 reply,
-            } => match self.append(session.clone(), entries.clone(), now) {
-                // Owned, but not appending right now: the lease is not
-                // there yet (just taken over), or a move fenced it. Wait
-                // for the lease or the move's end rather than refuse.
-                Err(AppendError::Refused(Refusal::NoLease | Refusal::Moving))
-                    if self
-                        .node
-                        .record(&session)
-                        .is_some_and(|r| r.owner == self.id) =>
-                {
+            } => {
+                if self.must_wait(&session, now) {
                     let deadline = now + self.ack_timeout.as_millis() as u64;
                     self.leasing.push((session, entries, deadline, reply));
+                } else {
+                    let _ = reply.send(self.append(session, entries, now));
                 }
-                result => {
-                    let _ = reply.send(result);
-                }
-            },
+            }
             Command::Act { session, action } => {
                 match self.node.record(&session).map(|r| r.owner.clone()) {
                     Some(owner) if owner != self.id => {
@@ -904,6 +895,18 @@ impl Driver {
             }
         }
         true
+    }
+
+    /// Whether an append to `session` is to wait: this node owns it but
+    /// cannot append right now, the lease not there yet (just taken over)
+    /// or a move's fence up. It waits for the lease or the move's end
+    /// rather than be refused.
+    fn must_wait(&self, session: &str, now: u64) -> bool {
+        self.node.serving(session, now).is_none()
+            && self
+                .node
+                .record(session)
+                .is_some_and(|r| r.owner == self.id)
     }
 
     /// Appends under the lease; the reply waits for the write (and the
@@ -1178,15 +1181,11 @@ impl Driver {
         if !self.leasing.is_empty() {
             let now = now_ms();
             for (session, entries, deadline, reply) in std::mem::take(&mut self.leasing) {
-                match self.append(session.clone(), entries.clone(), now) {
-                    Err(AppendError::Refused(Refusal::NoLease | Refusal::Moving))
-                        if deadline > now =>
-                    {
-                        self.leasing.push((session, entries, deadline, reply));
-                    }
-                    result => {
-                        let _ = reply.send(result);
-                    }
+                if deadline > now && self.must_wait(&session, now) {
+                    self.leasing.push((session, entries, deadline, reply));
+                } else {
+                    // Appended, or refused with the reason as it stands.
+                    let _ = reply.send(self.append(session, entries, now));
                 }
             }
         }
