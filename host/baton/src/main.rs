@@ -35,6 +35,24 @@ enum Command {
     /// Create a cluster CA and node certificates (development and tests).
     #[command(subcommand)]
     Certs(certs_cmd::CertsCommand),
+    /// See a node's cluster, and evict a node that is gone for good.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// The node's name and the peers it sees up.
+    Status,
+    /// Declare a crashed node gone for good, so that the sessions it
+    /// replicated get a new replica (in `replicated` mode they cannot
+    /// acknowledge actions until then). Refused while the node is up.
+    /// Only for a node that will not run again under that name: one that
+    /// is only cut off could still take over a session it replicates.
+    Evict {
+        /// The node's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,5 +122,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Session(command) => session_cmd::run(&client::Client::new(&cli.node), command),
         Command::Certs(command) => certs_cmd::run(command),
+        Command::Cluster(ClusterCommand::Status) => {
+            let status = client::Client::new(&cli.node).admin("GET", "/v1/cluster", None)?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::Evict { name }) => {
+            let path = format!("/v1/cluster/nodes/{name}/evict");
+            client::Client::new(&cli.node).admin("POST", &path, Some(b""))?;
+            println!("evicted {name}: the sessions it replicated get new replicas");
+            Ok(())
+        }
     }
 }

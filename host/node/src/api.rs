@@ -23,7 +23,7 @@ use crate::cluster::{
 };
 use crate::error::NodeError;
 use crate::node::{ActOutcome, CreateSession, EventBatch, Location, Node};
-use crate::relay::{Follow, Resume, close_moved, relay};
+use crate::relay::{Follow, Pipe, Resume, close_moved, relay};
 
 /// What a router serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +69,7 @@ pub fn router(node: Arc<Node>, routes: Routes, shutdown: watch::Receiver<bool>) 
                 .route("/v1/sessions/{id}/export", get(export))
                 .route("/v1/sessions/{id}/replica", get(replica))
                 .route("/v1/cluster", get(cluster))
+                .route("/v1/cluster/nodes/{name}/evict", post(evict))
                 .layer(DefaultBodyLimit::max(max_message)),
         );
     let router = match routes {
@@ -199,6 +200,19 @@ async fn get_session(
 async fn cluster(State(app): State<App>, headers: HeaderMap) -> Result<Response, NodeError> {
     operator(&app, &headers)?;
     Ok(json(StatusCode::OK, &app.node.cluster_status().await?))
+}
+
+async fn evict(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, NodeError> {
+    operator(&app, &headers)?;
+    app.node.evict(&name).await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "evicted": name }),
+    ))
 }
 
 async fn replica(
@@ -446,14 +460,18 @@ impl PlayerSocket for WebSocket {
 
 /// The owner's end of a relayed player connection.
 pub(crate) struct TunnelSocket {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    pipe: Pipe,
+}
+
+impl TunnelSocket {
+    pub(crate) fn new(pipe: Pipe) -> TunnelSocket {
+        TunnelSocket { pipe }
+    }
 }
 
 impl PlayerSocket for TunnelSocket {
     async fn recv(&mut self) -> Option<Result<Message, ()>> {
-        let relayed: Relayed = read_json(&mut self.recv).await.ok()?;
-        Some(Ok(match relayed {
+        Some(Ok(match self.pipe.read().await? {
             Relayed::Text(text) => Message::Text(Utf8Bytes::from(text)),
             Relayed::Close { code, reason } => Message::Close(Some(CloseFrame {
                 code,
@@ -474,7 +492,7 @@ impl PlayerSocket for TunnelSocket {
             }
             _ => return Ok(()),
         };
-        write_json(&mut self.send, &relayed).await.map_err(|_| ())
+        self.pipe.write(relayed).await.map_err(|_| ())
     }
 }
 
@@ -483,8 +501,8 @@ impl Follow for TunnelSocket {
     async fn follow(mut self, _: App, _: String, to: Option<String>, _: Resume) {
         match to {
             Some(to) => {
-                let _ = write_json(&mut self.send, &Relayed::Moved { to }).await;
-                let _ = self.send.finish();
+                let _ = self.pipe.write(Relayed::Moved { to }).await;
+                self.pipe.finish();
             }
             None => close_moved(self).await,
         }
@@ -512,6 +530,17 @@ pub(crate) async fn serve_tunnels(
     }
 }
 
+/// The owner's end of a relayed connection to session `id`.
+pub(crate) async fn play_here(app: App, id: String, socket: TunnelSocket) {
+    match app.node.owner_elsewhere(&id).await {
+        Ok(None) => connection(app, id, socket).await,
+        // The relay's view of the owner is behind: send it on.
+        Ok(Some(owner)) => socket.follow(app, id, Some(owner), Resume::default()).await,
+        Err(NodeError::NotFound(m)) => close_with(socket, close::NO_SESSION, &m).await,
+        Err(e) => close_with(socket, close::MOVED, &e.to_string()).await,
+    }
+}
+
 async fn answer(app: App, tunnel: baton_transport::Tunnel) -> Result<(), NodeError> {
     let baton_transport::Tunnel {
         mut send, mut recv, ..
@@ -524,15 +553,7 @@ async fn answer(app: App, tunnel: baton_transport::Tunnel) -> Result<(), NodeErr
             let _ = send.finish();
         }
         Forward::Play { session } => {
-            let socket = TunnelSocket { send, recv };
-            if let Some(owner) = app.node.owner_elsewhere(&session).await? {
-                // The relay's view of the owner is behind: send it on.
-                socket
-                    .follow(app, session, Some(owner), Resume::default())
-                    .await;
-                return Ok(());
-            }
-            connection(app, session, socket).await;
+            play_here(app, session, TunnelSocket::new(Pipe::quic(send, recv))).await;
         }
         Forward::Module { hash } => {
             let bytes = app.node.module_bytes_by_hash(&hash).unwrap_or_default();
@@ -552,6 +573,21 @@ async fn answer(app: App, tunnel: baton_transport::Tunnel) -> Result<(), NodeErr
         }
     }
     Ok(())
+}
+
+/// A session that left after this connection was routed here (a handoff
+/// between the upgrade and the join): the connection follows it, and only
+/// a session the cluster does not know is "no such session".
+async fn left(app: App, id: String, socket: impl Follow, resume: Resume, missing: String) {
+    match app.node.owner_elsewhere(&id).await {
+        Ok(Some(owner)) => socket.follow(app, id, Some(owner), resume).await,
+        Err(NodeError::NotFound(_)) => close_with(socket, close::NO_SESSION, &missing).await,
+        Ok(None) if app.node.mesh.get().is_none() => {
+            close_with(socket, close::NO_SESSION, &missing).await;
+        }
+        // Back here, or the cluster cannot say where yet.
+        Ok(None) | Err(_) => close_moved(socket).await,
+    }
 }
 
 async fn send(socket: &mut impl PlayerSocket, message: &ServerMessage<'_>) -> bool {
@@ -633,7 +669,15 @@ async fn connection(app: App, id: String, mut socket: impl Follow) {
     let (viewer, player) = match &token {
         Some(token) => match app.node.authenticate(&id, token) {
             Ok(player) => (Viewer::Player(player.clone()), Some(player)),
-            Err(NodeError::NotFound(m)) => return close_with(socket, close::NO_SESSION, &m).await,
+            Err(NodeError::NotFound(m)) => {
+                let resume = Resume {
+                    token: Some(token.clone()),
+                    after: after.map(|p| p.seq),
+                    joined: true,
+                    ..Resume::default()
+                };
+                return left(app, id, socket, resume, m).await;
+            }
             Err(e) => return close_with(socket, close::BAD_TOKEN, &e.to_string()).await,
         },
         None => (Viewer::Spectator, None),
@@ -643,17 +687,13 @@ async fn connection(app: App, id: String, mut socket: impl Follow) {
     let joined = match app.node.join(&id, viewer, after_seq).await {
         Ok(joined) => joined,
         Err(NodeError::NotFound(m)) => {
-            // It may have moved away since this connection was routed here.
-            if let Ok(Some(owner)) = app.node.owner_elsewhere(&id).await {
-                let resume = Resume {
-                    token,
-                    after: after_seq,
-                    unanswered: Vec::new(),
-                    joined: true,
-                };
-                return socket.follow(app, id, Some(owner), resume).await;
-            }
-            return close_with(socket, close::NO_SESSION, &m).await;
+            let resume = Resume {
+                token,
+                after: after_seq,
+                joined: true,
+                ..Resume::default()
+            };
+            return left(app, id, socket, resume, m).await;
         }
         Err(e) => return close_with(socket, close::BAD_MESSAGE, &e.to_string()).await,
     };
@@ -690,6 +730,7 @@ async fn connection(app: App, id: String, mut socket: impl Follow) {
         after: Some(joined.position),
         unanswered: Vec::new(),
         joined: true,
+        answered: true,
     };
     let mut bucket = Bucket {
         rate: f64::from(app.node.config.actions_per_second.max(1)),

@@ -12,7 +12,7 @@ use baton_runtime::{
 };
 use baton_sdk::wire::{self, Player, SetupArgs, Viewer};
 use baton_store::{GroupCommit, Published, RedbStore, Store, StoreError};
-use baton_transport::{AppendError, Mesh};
+use baton_transport::{AppendError, Mesh, Unconfirmed};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Notify, broadcast, oneshot, watch};
 
@@ -216,6 +216,11 @@ struct SessionState {
 /// How long a request for a session this node is taking over waits for
 /// the takeover to finish.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a node that does not know a session waits for its record
+/// before it says there is no such session: one created through another
+/// node reaches every node within a few heartbeats.
+const RECORD_WAIT: Duration = Duration::from_secs(1);
 
 /// Client action ids remembered per session.
 pub(crate) const ACT_MEMORY: usize = 4096;
@@ -1056,6 +1061,17 @@ impl Node {
         }
     }
 
+    /// Declares node `name` gone for good (see [`Mesh::evict`]).
+    pub async fn evict(&self, name: &str) -> Result<(), NodeError> {
+        let mesh = self
+            .mesh
+            .get()
+            .ok_or_else(|| NodeError::NotFound("this node is not in a cluster".into()))?;
+        mesh.evict(name).await.map_err(NodeError::Conflict)?;
+        tracing::warn!(node = %name, "evicted: the sessions it replicated get new replicas");
+        Ok(())
+    }
+
     /// This node's view of its cluster: its name and the nodes up.
     pub async fn cluster_status(&self) -> Result<ClusterStatus, NodeError> {
         let mesh = self
@@ -1090,16 +1106,21 @@ impl Node {
         let mut adopted = self.adopted.subscribe();
         let mut records = mesh.records_changed();
         let give_up = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        let unknown_until = tokio::time::Instant::now() + RECORD_WAIT;
         loop {
             if self.sessions_read().contains_key(id) {
                 return Ok(None);
             }
-            match mesh.record(id).await {
+            let record = mesh.record(id).await;
+            let known = record.is_some();
+            match record {
                 Some(record) if record.owner.name != mesh.name() => {
                     return Ok(Some(record.owner.name));
                 }
                 // Taken over here right now: wait for the takeover.
                 Some(_) => {}
+                // Created a moment ago elsewhere: its record is on its way.
+                None if tokio::time::Instant::now() < unknown_until => {}
                 None => {
                     return Err(NodeError::NotFound(format!(
                         "no session {id} in the cluster"
@@ -1109,6 +1130,7 @@ impl Node {
             tokio::select! {
                 _ = adopted.changed() => {}
                 _ = records.changed() => {}
+                () = tokio::time::sleep_until(unknown_until), if !known => {}
                 () = tokio::time::sleep_until(give_up) => {
                     return Err(NodeError::Unavailable(format!(
                         "session {id} is being taken over by this node; retry shortly"
@@ -1511,7 +1533,13 @@ impl Node {
             self.snapshot_in_background(cell, state);
         }
         match late {
-            Some(reason) => Err(NodeError::Unavailable(format!(
+            // Its new owner answers a retry from its history, or applies it.
+            Some(Unconfirmed::Moved) => Err(NodeError::Moved(
+                "applied, and the session moved before the replica acknowledged it; \
+                 retry with the same action id"
+                    .into(),
+            )),
+            Some(Unconfirmed::Late(reason)) => Err(NodeError::Unavailable(format!(
                 "applied but not yet acknowledged by the replica ({reason}); \
                  retry with the same action id"
             ))),

@@ -15,7 +15,9 @@ use std::time::Duration;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use serde_json::Value;
 
-use crate::api::{App, PlayerSocket, close, close_with};
+use tokio::sync::mpsc;
+
+use crate::api::{App, PlayerSocket, TunnelSocket, close, close_with};
 use crate::cluster::{Forward, Relayed, read_json, write_json};
 use crate::error::NodeError;
 
@@ -28,8 +30,12 @@ pub(crate) struct Resume {
     pub(crate) after: Option<u64>,
     /// Actions sent and not answered, as `(id, message)`.
     pub(crate) unanswered: Vec<(String, String)>,
-    /// The player joined (a relay that moves before cannot rejoin for it).
+    /// The player sent its join (a relay that moves before cannot rejoin
+    /// for it).
     pub(crate) joined: bool,
+    /// The player got its `joined` answer: a rejoin's `joined` then only
+    /// passes on the events the player missed.
+    pub(crate) answered: bool,
 }
 
 impl Resume {
@@ -72,6 +78,7 @@ impl Resume {
         };
         match message.get("type").and_then(Value::as_str) {
             Some("joined") => {
+                self.answered = true;
                 let position = message
                     .get("position")
                     .and_then(|p| p.get("seq"))
@@ -121,6 +128,102 @@ impl Resume {
     }
 }
 
+/// One end of a relayed player connection: a QUIC stream pair to another
+/// node, or a channel pair inside this node when a relay follows its
+/// session here. Messages are read by a task of their own, so that waiting
+/// for one in a `select!` never loses half a frame.
+pub(crate) struct Pipe {
+    send: PipeSend,
+    recv: mpsc::Receiver<Relayed>,
+}
+
+enum PipeSend {
+    Quic(quinn::SendStream),
+    Local(mpsc::Sender<Relayed>),
+}
+
+impl Pipe {
+    pub(crate) fn quic(send: quinn::SendStream, mut recv: quinn::RecvStream) -> Pipe {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Ok(message) = read_json::<Relayed>(&mut recv).await {
+                if tx.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Pipe {
+            send: PipeSend::Quic(send),
+            recv: rx,
+        }
+    }
+
+    /// Both ends of a connection inside this node.
+    fn local() -> (Pipe, Pipe) {
+        let (a_tx, a_rx) = mpsc::channel(16);
+        let (b_tx, b_rx) = mpsc::channel(16);
+        let end = |send, recv| Pipe {
+            send: PipeSend::Local(send),
+            recv,
+        };
+        (end(a_tx, b_rx), end(b_tx, a_rx))
+    }
+
+    pub(crate) async fn write(&mut self, message: Relayed) -> Result<(), NodeError> {
+        match &mut self.send {
+            PipeSend::Quic(send) => write_json(send, &message).await,
+            PipeSend::Local(send) => send
+                .send(message)
+                .await
+                .map_err(|_| NodeError::Unavailable("the session's connection ended".into())),
+        }
+    }
+
+    /// The next message; `None` once the other end is gone. Cancel-safe.
+    pub(crate) async fn read(&mut self) -> Option<Relayed> {
+        self.recv.recv().await
+    }
+
+    /// Ends this side: the other end reads `None` once it read the rest.
+    pub(crate) fn finish(&mut self) {
+        match &mut self.send {
+            PipeSend::Quic(send) => {
+                let _ = send.finish();
+            }
+            // Dropping the sender ends it; swap in a closed one.
+            PipeSend::Local(send) => *send = mpsc::channel(1).0,
+        }
+    }
+}
+
+/// Opens a relayed connection to session `id` on node `owner`, which may be
+/// this node (the session moved here): then its owner's end runs here.
+async fn open(app: &App, id: &str, owner: &str) -> Result<Pipe, NodeError> {
+    let mesh = app
+        .node
+        .mesh
+        .get()
+        .ok_or_else(|| NodeError::Unavailable("this node is not in a cluster".into()))?;
+    if owner == mesh.name() {
+        let (mine, theirs) = Pipe::local();
+        tokio::spawn(crate::api::play_here(
+            app.clone(),
+            id.to_owned(),
+            TunnelSocket::new(theirs),
+        ));
+        return Ok(mine);
+    }
+    let (mut send, recv) = mesh.open(owner).await.map_err(NodeError::Unavailable)?;
+    write_json(
+        &mut send,
+        &Forward::Play {
+            session: id.to_owned(),
+        },
+    )
+    .await?;
+    Ok(Pipe::quic(send, recv))
+}
+
 /// How long a relay waits for the owner to take a relayed connection.
 const OPEN_WAIT: Duration = Duration::from_secs(5);
 
@@ -147,24 +250,17 @@ pub(crate) async fn relay(
     let mut records = mesh.records_changed();
     loop {
         let opened = async {
-            let (mut send, recv) = mesh.open(&owner).await.map_err(NodeError::Unavailable)?;
-            write_json(
-                &mut send,
-                &Forward::Play {
-                    session: id.clone(),
-                },
-            )
-            .await?;
+            let mut pipe = open(&app, &id, &owner).await?;
             if rejoin {
-                write_json(&mut send, &Relayed::Text(resume.join())).await?;
+                pipe.write(Relayed::Text(resume.join())).await?;
                 for (_, act) in &resume.unanswered {
-                    write_json(&mut send, &Relayed::Text(act.clone())).await?;
+                    pipe.write(Relayed::Text(act.clone())).await?;
                 }
             }
-            Ok::<_, NodeError>((send, recv))
+            Ok::<_, NodeError>(pipe)
         };
         let opened = tokio::time::timeout(OPEN_WAIT, opened).await;
-        let (mut send, mut recv) = match opened {
+        let mut pipe = match opened {
             Ok(Ok(streams)) => streams,
             Ok(Err(e)) => return close_with(socket, close::MOVED, &e.to_string()).await,
             Err(_) => {
@@ -176,7 +272,7 @@ pub(crate) async fn relay(
                 .await;
             }
         };
-        let mut rejoined = rejoin;
+        let mut rejoined = rejoin && resume.answered;
         // Where to go next: the owner said, or it vanished.
         let next: Option<String> = loop {
             tokio::select! {
@@ -188,33 +284,33 @@ pub(crate) async fn relay(
                         }
                         Some(Ok(Message::Close(frame))) => {
                             let (code, reason) = frame.map_or((1000, String::new()), |f| (f.code, f.reason.to_string()));
-                            let _ = write_json(&mut send, &Relayed::Close { code, reason }).await;
-                            let _ = send.finish();
+                            let _ = pipe.write(Relayed::Close { code, reason }).await;
+                            pipe.finish();
                             return;
                         }
                         Some(Ok(_)) => continue,
                         None | Some(Err(_)) => {
-                            let _ = send.finish();
+                            pipe.finish();
                             return;
                         }
                     };
-                    if write_json(&mut send, &relayed).await.is_err() {
+                    if pipe.write(relayed).await.is_err() {
                         break None;
                     }
                 }
-                from_owner = read_json::<Relayed>(&mut recv) => {
+                from_owner = pipe.read() => {
                     match from_owner {
-                        Ok(Relayed::Text(text)) => {
+                        Some(Relayed::Text(text)) => {
                             for text in resume.note_from_owner(text, &mut rejoined) {
                                 if socket.send(Message::Text(Utf8Bytes::from(text))).await.is_err() {
-                                    let _ = send.finish();
+                                    pipe.finish();
                                     return;
                                 }
                             }
                         }
-                        Ok(Relayed::Moved { to }) => break Some(to),
-                        Ok(Relayed::Close { code, reason }) => return close_with(socket, code, &reason).await,
-                        Err(_) => break None,
+                        Some(Relayed::Moved { to }) => break Some(to),
+                        Some(Relayed::Close { code, reason }) => return close_with(socket, code, &reason).await,
+                        None => break None,
                     }
                 }
                 // The records may name a new owner before the old one
@@ -227,12 +323,12 @@ pub(crate) async fn relay(
                     }
                 }
                 _ = shutdown.changed() => {
-                    let _ = send.finish();
+                    pipe.finish();
                     return close_with(socket, close::GOING_AWAY, "the node is shutting down; reconnect with your last position").await;
                 }
             }
         };
-        let _ = send.finish();
+        pipe.finish();
         let next = match next {
             Some(to) => Some(to),
             None => new_owner(&app, &id, &owner).await,

@@ -24,7 +24,8 @@ pub mod tls;
 
 pub use endpoint::{Peer, Transport};
 pub use mesh::{
-    AppendError, Appended, JournalStore, Mesh, MeshConfig, Replication, Tunnel, Unpersisted,
+    AppendError, Appended, JournalStore, Mesh, MeshConfig, Replication, Tunnel, Unconfirmed,
+    Unpersisted,
 };
 pub use tls::{Identity, WIRE_VERSIONS, wire_version_number};
 

@@ -186,6 +186,19 @@ pub enum AppendError {
     Stopped,
 }
 
+/// Why appended entries were not confirmed durable. They may still be:
+/// the caller does not know, and a retry with the same action id is safe.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unconfirmed {
+    /// The session moved to another node before they were confirmed: its
+    /// new owner holds them if they made it into the move.
+    #[error("the session moved to another node")]
+    Moved,
+    /// Not confirmed in time, or the mesh stopped.
+    #[error("{0}")]
+    Late(String),
+}
+
 /// Entries an owner appended: durable once [`Appended::durable`] says so.
 #[derive(Debug)]
 pub struct Appended {
@@ -193,16 +206,15 @@ pub struct Appended {
     pub epoch: u64,
     /// The last entry's journal position (1-based).
     pub seq: u64,
-    durable: oneshot::Receiver<Result<(), String>>,
+    durable: oneshot::Receiver<Result<(), Unconfirmed>>,
 }
 
 impl Appended {
     /// Waits until the entries are durable as the replication mode asks.
-    /// An error means they were not confirmed in time (they may still be).
-    pub async fn durable(self) -> Result<(), String> {
+    pub async fn durable(self) -> Result<(), Unconfirmed> {
         self.durable
             .await
-            .unwrap_or_else(|_| Err("the mesh stopped".into()))
+            .unwrap_or_else(|_| Err(Unconfirmed::Late("the mesh stopped".into())))
     }
 }
 
@@ -300,6 +312,10 @@ enum Command {
     Warmed {
         session: String,
         to: NodeId,
+    },
+    Evict {
+        name: String,
+        reply: oneshot::Sender<Result<(), String>>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -626,6 +642,19 @@ impl Mesh {
         let _ = self.inputs.send(Input::Command(command)).await;
     }
 
+    /// Declares node `name` gone for good: the sessions it replicated get
+    /// a new replica without its release. Refused while it is up; the
+    /// caller must know it can no longer run (a node only cut off could
+    /// still take over a session it replicates).
+    pub async fn evict(&self, name: &str) -> Result<(), String> {
+        self.ask(|reply| Command::Evict {
+            name: name.to_owned(),
+            reply,
+        })
+        .await
+        .unwrap_or_else(|| Err("the mesh stopped".into()))
+    }
+
     /// Stops: closes every connection (peers see this node go down).
     pub async fn shutdown(&self) {
         let _ = self.ask(|reply| Command::Shutdown { reply }).await;
@@ -659,7 +688,7 @@ struct Waiter {
     seq: u64,
     generation: u64,
     deadline: u64,
-    reply: oneshot::Sender<Result<(), String>>,
+    reply: oneshot::Sender<Result<(), Unconfirmed>>,
 }
 
 struct Driver {
@@ -888,6 +917,19 @@ impl Driver {
                 }
             },
             Command::Warmed { session, to } => self.node.warmed(&session, &to, now),
+            Command::Evict { name, reply } => {
+                let up = self.node.peers_up().iter().any(|p| p.name == name);
+                let _ = reply.send(if name == self.id.name {
+                    Err("a node cannot evict itself".into())
+                } else if up {
+                    Err(format!(
+                        "{name} is up: stop it first (only a node that can no longer run may be evicted)"
+                    ))
+                } else {
+                    self.node.evict(&name, now);
+                    Ok(())
+                });
+            }
             Command::Shutdown { reply } => {
                 self.transport.close();
                 let _ = reply.send(());
@@ -1008,9 +1050,9 @@ impl Driver {
                 .partition(|w| w.deadline <= now);
             writes.waiting = rest;
             for waiter in late {
-                let _ = waiter
-                    .reply
-                    .send(Err(format!("not acknowledged within {timeout} ms; retry")));
+                let _ = waiter.reply.send(Err(Unconfirmed::Late(format!(
+                    "not acknowledged within {timeout} ms; retry"
+                ))));
             }
         }
         let late: Vec<String> = self
@@ -1224,9 +1266,7 @@ impl Driver {
                     if let Some(w) = self.journals.get_mut(session) {
                         w.acked = 0;
                         for waiter in std::mem::take(&mut w.waiting) {
-                            let _ = waiter
-                                .reply
-                                .send(Err("the session moved to another node".into()));
+                            let _ = waiter.reply.send(Err(Unconfirmed::Moved));
                         }
                     }
                 }

@@ -58,7 +58,7 @@ fn start(root: &Path, name: &str, port: u16, seed: Option<u16>, mode: &str) -> S
     Server::start(command, TOKEN.to_owned())
 }
 
-fn free_udp_port() -> u16 {
+pub(super) fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .expect("port")
@@ -143,7 +143,7 @@ impl Workload {
 }
 
 /// Publishes a rule component through the management API.
-fn publish(addr: SocketAddr, component: &[u8]) {
+pub(super) fn publish(addr: SocketAddr, component: &[u8]) {
     let mut stream = TcpStream::connect(addr).expect("connect");
     write!(
         stream,

@@ -1,5 +1,6 @@
 //! Load benchmark: `cargo bench -p baton --bench load [-- SESSIONS SECONDS HIBERNATED RATE]`.
 //! Replication benchmark (`cluster.rs`): `cargo bench -p baton --bench load -- --cluster [SESSIONS SECONDS]`.
+//! Cutover benchmark (`deploy.rs`): `scripts/bench-deploy [SESSIONS]`.
 //!
 //! Starts a real `baton serve` (release build, fsync on) on loopback, opens
 //! two WebSocket players per minotaur session, and has every player act as
@@ -63,6 +64,7 @@ fn cpu_seconds() -> f64 {
 
 mod ceiling;
 mod cluster;
+mod deploy;
 
 /// One load-generating player: the node it talks to, the session, its
 /// token, and what it does.
@@ -228,6 +230,9 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--cluster") {
         return cluster::run_benchmark();
+    }
+    if std::env::args().any(|a| a == "--deploy") {
+        return deploy::run_benchmark();
     }
     let args: Vec<String> = std::env::args()
         .skip(1)

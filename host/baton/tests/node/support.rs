@@ -85,12 +85,22 @@ impl Node {
     }
 
     /// SIGTERM, then the exit status.
-    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(self) -> std::process::ExitStatus {
+        self.signal_term();
+        self.wait()
+    }
+
+    /// SIGTERM, without waiting.
+    pub(crate) fn signal_term(&self) {
         let pid = self.child.id().to_string();
         Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("kill runs");
+    }
+
+    /// The exit status, once the process exits.
+    pub(crate) fn wait(mut self) -> std::process::ExitStatus {
         self.child.wait().expect("the node exits")
     }
 
