@@ -236,6 +236,8 @@ async fn follow(node: Arc<Node>, mut events: broadcast::Receiver<Event>) {
                 // Stamped and looked up now, before the session can move away.
                 let at = crate::handoff::now_us();
                 if let Ok(cell) = node.cell_by_id(&session) {
+                    // Counted here, before the drain can see it end.
+                    node.fence_notes.send_modify(|n| *n += 1);
                     tokio::spawn(crate::handoff::fenced(node.clone(), cell, len, to, at));
                 }
             }

@@ -146,6 +146,16 @@ async fn send_snapshot(node: &Arc<Node>, id: &str, to: &str) -> Result<Option<u6
     Ok(Some(sealed.len() as u64))
 }
 
+/// A fence note on its way (counted from the fence event): uncounted when
+/// dropped.
+struct FenceNoteSent(Arc<Node>);
+
+impl Drop for FenceNoteSent {
+    fn drop(&mut self) {
+        self.0.fence_notes.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 /// At the fence: hashes the session as it stands and tells the target.
 pub(crate) async fn fenced(
     node: Arc<Node>,
@@ -155,6 +165,7 @@ pub(crate) async fn fenced(
     fenced_at_us: u64,
 ) {
     let id = cell.record.id.clone();
+    let _sending = FenceNoteSent(node.clone());
     let Some(mesh) = node.mesh.get() else { return };
     if !speaks_handoff(mesh, &to.name).await {
         return;

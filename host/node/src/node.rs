@@ -217,6 +217,9 @@ struct SessionState {
 /// the takeover to finish.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a drained node waits for its last fence notes to leave.
+const NOTES_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a node that does not know a session waits for its record
 /// before it says there is no such session: one created through another
 /// node reaches every node within a few heartbeats.
@@ -279,6 +282,9 @@ pub struct Node {
     draining: AtomicBool,
     /// Player WebSockets open on this node.
     pub(crate) players: watch::Sender<usize>,
+    /// Fence notes on their way to handoff targets: a drain ends only
+    /// once they left, so that each target can check its arrival.
+    pub(crate) fence_notes: watch::Sender<usize>,
     /// Counts sessions taken over here, for those waiting on one.
     adopted: watch::Sender<u64>,
     /// How sessions taken over here arrived (see `handoff`).
@@ -368,6 +374,7 @@ impl Node {
             draining: AtomicBool::new(false),
             adopted: watch::channel(0).0,
             players: watch::channel(0).0,
+            fence_notes: watch::channel(0).0,
             arrivals: std::sync::Mutex::default(),
             degraded_until: std::sync::atomic::AtomicU64::new(0),
             stop: Notify::new(),
@@ -611,6 +618,45 @@ impl Node {
             .ok_or_else(|| NodeError::NotFound(format!("no module {wanted} is published here")))
     }
 
+    /// [`Node::resolve`], fetching the module from the cluster first if it
+    /// was published elsewhere a moment ago (before `sync_modules` got it).
+    async fn resolve_or_fetch(
+        self: &Arc<Self>,
+        wanted: &str,
+    ) -> Result<Arc<RuleModule>, NodeError> {
+        let missing = match self.resolve(wanted) {
+            Err(NodeError::NotFound(m)) => m,
+            found => return found,
+        };
+        let Some(mesh) = self.mesh.get() else {
+            return Err(NodeError::NotFound(missing));
+        };
+        let named = |id: &str| id == wanted || id.split('@').next() == Some(wanted);
+        let mut records = mesh.records_changed();
+        let give_up = tokio::time::Instant::now() + RECORD_WAIT;
+        loop {
+            let known: Vec<String> = mesh
+                .modules()
+                .await
+                .into_iter()
+                .filter(|(id, _)| named(id))
+                .map(|(_, hash)| hash)
+                .collect();
+            if !known.is_empty() {
+                for hash in known.iter().filter(|h| !self.has_module_hash(h)) {
+                    let bytes = crate::cluster::fetch_module(mesh, hash).await?;
+                    self.publish(bytes).await?;
+                }
+                return self.resolve(wanted);
+            }
+            // Its record may be on its way from the node it was published on.
+            tokio::select! {
+                _ = records.changed() => {}
+                () = tokio::time::sleep_until(give_up) => return Err(NodeError::NotFound(missing)),
+            }
+        }
+    }
+
     // --- sessions --------------------------------------------------------
 
     /// Creates and starts a session; returns its id and the players' tokens.
@@ -644,7 +690,7 @@ impl Node {
                 self.config.max_sessions
             )));
         }
-        let module = self.resolve(&request.module)?;
+        let module = self.resolve_or_fetch(&request.module).await?;
         if request.players.is_empty() || request.players.len() > 64 {
             return Err(NodeError::BadRequest(
                 "a session needs 1 to 64 players".into(),
@@ -1259,6 +1305,13 @@ impl Node {
         self.draining.store(true, Ordering::Relaxed);
         tracing::info!("draining: handing every session to another node");
         let left = mesh.drain().await;
+        let mut notes = self.fence_notes.subscribe();
+        let sent = tokio::time::timeout(NOTES_WAIT, notes.wait_for(|n| *n == 0)).await;
+        if sent.is_err() {
+            tracing::warn!(
+                "some fence notes were not sent in time; their targets cannot check their arrival"
+            );
+        }
         if left == 0 {
             tracing::info!("drained: every session handed off");
         } else {
