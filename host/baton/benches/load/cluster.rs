@@ -58,6 +58,26 @@ fn start(root: &Path, name: &str, port: u16, seed: Option<u16>, mode: &str) -> S
     Server::start(command, TOKEN.to_owned())
 }
 
+/// A cluster CA and a certificate for each of `names`, in `dir`.
+pub(super) fn make_certs(dir: &Path, names: &[&str]) {
+    std::fs::create_dir_all(dir).expect("certs dir");
+    let baton = |args: &[&str]| {
+        let ok = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(args)
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .status()
+            .expect("baton certs")
+            .success();
+        assert!(ok, "baton {args:?}");
+    };
+    baton(&["certs", "ca"]);
+    for name in names {
+        baton(&["certs", "node", *name]);
+    }
+}
+
 pub(super) fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
@@ -267,23 +287,7 @@ pub(super) fn run_benchmark() {
         std::env::var_os("CARGO_TARGET_TMPDIR").unwrap_or_else(|| "/tmp".into()),
     )
     .expect("dir");
-    let certs = root.path().join("certs");
-    std::fs::create_dir_all(&certs).expect("certs dir");
-    let baton = |args: &[&str]| {
-        let ok = Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(args)
-            .arg("--dir")
-            .arg(&certs)
-            .stdout(Stdio::null())
-            .status()
-            .expect("baton certs")
-            .success();
-        assert!(ok, "baton {args:?}");
-    };
-    baton(&["certs", "ca"]);
-    for name in NAMES {
-        baton(&["certs", "node", name]);
-    }
+    make_certs(&root.path().join("certs"), &NAMES);
     println!(
         "replication benchmark: 3 nodes on loopback, players acting on acknowledgement, {seconds} s per run"
     );

@@ -43,7 +43,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::cluster::{free_udp_port, publish};
+use super::cluster::{free_udp_port, make_certs, publish};
 use super::{Moves, Server, http};
 
 const TOKEN: &str = "bench";
@@ -301,23 +301,7 @@ struct Cluster {
 impl Cluster {
     fn start(parent: &Path) -> Cluster {
         let root = tempfile::tempdir_in(parent).expect("dir");
-        let certs = root.path().join("certs");
-        std::fs::create_dir_all(&certs).expect("certs dir");
-        let baton = |args: &[&str]| {
-            let ok = Command::new(env!("CARGO_BIN_EXE_baton"))
-                .args(args)
-                .arg("--dir")
-                .arg(&certs)
-                .stdout(Stdio::null())
-                .status()
-                .expect("baton certs")
-                .success();
-            assert!(ok, "baton {args:?}");
-        };
-        baton(&["certs", "ca"]);
-        for name in NAMES {
-            baton(&["certs", "node", name]);
-        }
+        make_certs(&root.path().join("certs"), &NAMES);
         let ports = [free_udp_port(), free_udp_port(), free_udp_port()];
         let a = start(root.path(), NAMES[0], ports[0], None, 2);
         let b = start(root.path(), NAMES[1], ports[1], Some(ports[0]), 2);
