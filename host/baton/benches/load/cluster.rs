@@ -129,14 +129,14 @@ struct Shipped {
 
 /// What the sessions run.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Workload {
+pub(super) enum Workload {
     Minotaur,
     /// The misbehave fixture holding this many bytes of state.
     Ballast(usize),
 }
 
 impl Workload {
-    fn create_request(self) -> serde_json::Value {
+    pub(super) fn create_request(self) -> serde_json::Value {
         match self {
             Workload::Minotaur => json!({
                 "module": "minotaur",
@@ -151,7 +151,7 @@ impl Workload {
         }
     }
 
-    fn players(self) -> &'static [(&'static str, Moves)] {
+    pub(super) fn players(self) -> &'static [(&'static str, Moves)] {
         match self {
             Workload::Minotaur => &[
                 ("a", Moves::Walk { step: 1 }),

@@ -43,7 +43,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::cluster::{free_udp_port, make_certs, publish};
+use super::cluster::{Workload, free_udp_port, make_certs, publish};
 use super::{Moves, Server, http};
 
 const TOKEN: &str = "bench";
@@ -129,29 +129,11 @@ fn terminate(child: &mut Child) -> (Duration, bool) {
     (started.elapsed(), status.success())
 }
 
-/// What the sessions run.
-#[derive(Clone, Copy)]
-enum Workload {
-    Minotaur,
-    /// The misbehave fixture holding this many bytes of state.
-    Ballast(usize),
-}
-
 /// Creates sessions through `owner` until it owns `n` (placement puts about
 /// half on the other node); returns `(session, token, moves)` for each
 /// player of those `n`.
 fn create(owner: &Server, workload: Workload, n: usize) -> Vec<(String, String, Moves)> {
-    let request = match workload {
-        Workload::Minotaur => json!({
-            "module": "minotaur",
-            "players": [{"id": "a", "name": "A"}, {"id": "b", "name": "B"}],
-            "options": {"radius": 4, "hit_points": 99, "max_rounds": 1000000, "round_ms": 600000,
-                        "positions": [{"q": -2, "r": 0}, {"q": 2, "r": 0}]},
-        }),
-        Workload::Ballast(_) => {
-            json!({"module": "misbehave", "players": [{"id": "a", "name": "A"}]})
-        }
-    };
+    let request = workload.create_request();
     let mut players = Vec::new();
     let mut owned = 0;
     while owned < n {
@@ -188,12 +170,8 @@ fn create(owner: &Server, workload: Workload, n: usize) -> Vec<(String, String, 
             );
             assert_eq!(done["result"], "accepted", "ballast: {done}");
         }
-        match workload {
-            Workload::Minotaur => {
-                players.push((id.clone(), token("a"), Moves::Walk { step: 1 }));
-                players.push((id, token("b"), Moves::Walk { step: -1 }));
-            }
-            Workload::Ballast(_) => players.push((id, token("a"), Moves::Count)),
+        for (player, moves) in workload.players() {
+            players.push((id.clone(), token(player), *moves));
         }
     }
     players
