@@ -177,13 +177,19 @@ impl<K: Ord + Clone, V: Ord + Clone, P: Ord + Clone> DeltaMap<K, V, P> {
         if acked >= self.counter {
             return None;
         }
-        let delta = self
-            .slots
+        Some((self.changed_since(acked), self.counter))
+    }
+
+    /// The entries changed here after change counter `n`.
+    pub fn changed_since(&self, n: u64) -> Delta<K, V> {
+        if n >= self.counter {
+            return Delta::new();
+        }
+        self.slots
             .iter()
-            .filter(|(_, s)| s.changed > acked)
+            .filter(|(_, s)| s.changed > n)
             .map(|(k, s)| (k.clone(), s.entry.clone()))
-            .collect();
-        Some((delta, self.counter))
+            .collect()
     }
 
     /// `peer` has joined everything up to `upto`. Acks only move forward,

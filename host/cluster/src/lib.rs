@@ -8,6 +8,9 @@
 //! clock drift, and checks the guarantees after every step.
 //!
 //! - [`crdt`]: the delta-state map of replicated records (sessions, modules).
+//! - [`durable`]: what a node keeps on disk ([`durable::Durable`]) and the
+//!   rows it hands its host to write, so that a node (or the whole cluster)
+//!   restarts from its store.
 //! - [`membership`]: node up / down from heartbeats; identity = name + boot.
 //! - [`placement`]: rendezvous hashing for new sessions and drain targets.
 //! - [`node`]: leases, replication, promotion, handoff: [`ClusterNode`].
@@ -37,6 +40,7 @@
 #![warn(missing_docs)]
 
 pub mod crdt;
+pub mod durable;
 pub mod membership;
 pub mod node;
 pub mod placement;

@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::crdt::{Delta, DeltaMap, Stamp};
+pub use crate::durable::{Durable, Handed, SessionState, StateChange};
 use crate::membership::{Change, Membership, NodeId, NodeInfo};
 use crate::placement;
 
@@ -172,37 +173,6 @@ pub struct JournalChange {
     pub entries: Vec<JournalEntry>,
     /// The journal's length now.
     pub len: u64,
-}
-
-/// What a node keeps in its store: all that survives a crash.
-#[derive(Clone, Debug, Default)]
-pub struct Durable {
-    /// Journals of sessions this node owns or replicates.
-    pub journals: BTreeMap<String, Vec<JournalEntry>>,
-    /// The highest epoch seen per session.
-    pub epochs: BTreeMap<String, u64>,
-    /// The replicated records as last known.
-    pub records: Delta<Key, Record>,
-    /// Sessions this node replicates holding every entry that can have been
-    /// acknowledged (since the epoch given): the condition for promotion.
-    pub complete: BTreeMap<String, u64>,
-    /// Replica changes this node (as owner) is releasing the old replica
-    /// for: session → the learner to make replica. A restart finishes them.
-    pub designating: BTreeMap<String, String>,
-    /// Sessions this node passed its replica rights on for, up to this
-    /// epoch: their owners of that epoch get no more acknowledgements here.
-    pub handed: BTreeMap<String, Handed>,
-}
-
-/// A replica's decision to pass a session on (kept across restarts).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Handed {
-    /// The epoch whose owner gets no more acknowledgements here.
-    pub served: u64,
-    /// The highest epoch offered in a transfer so far.
-    pub offered: u64,
-    /// Whether a transfer was acknowledged.
-    pub done: bool,
 }
 
 /// Messages between nodes.
@@ -523,6 +493,13 @@ pub struct ClusterNode {
     last_heartbeat: Option<u64>,
     /// Per session, the first journal index changed since the host took them.
     changed: BTreeMap<String, u64>,
+    /// Per session, the journal length the host was last told of: a change
+    /// that does not start there rewrote the journal.
+    reported: BTreeMap<String, u64>,
+    /// Sessions whose journal's epoch runs changed since the host took them.
+    reshaped: BTreeSet<String>,
+    /// The records' change counter as of the last [`StateChange`].
+    records_written: u64,
     outbox: Vec<(NodeId, Message)>,
     events: Vec<Event>,
 }
@@ -537,11 +514,17 @@ impl ClusterNode {
         config: Config,
         host_version: u32,
         capacity: u32,
-        durable: Durable,
+        mut durable: Durable,
         now: u64,
     ) -> Self {
         let mut records = DeltaMap::new();
-        records.join(durable.records.clone(), now);
+        records.join(std::mem::take(&mut durable.records), now);
+        let reported = durable
+            .journals
+            .iter()
+            .map(|(s, j)| (s.clone(), j.len() as u64))
+            .collect();
+        let records_written = records.counter();
         let mut roles = BTreeMap::new();
         for (key, record) in records.iter() {
             if let (Key::Session(session), Record::Session(r)) = (key, record)
@@ -578,6 +561,9 @@ impl ClusterNode {
             handing: BTreeMap::new(),
             last_heartbeat: None,
             changed: BTreeMap::new(),
+            reported,
+            reshaped: BTreeSet::new(),
+            records_written,
             outbox: Vec::new(),
             events: Vec::new(),
         }
@@ -588,9 +574,17 @@ impl ClusterNode {
         &self.id
     }
 
-    /// What the store must hold now.
-    pub fn durable(&self) -> &Durable {
-        &self.durable
+    /// A copy of what the store must hold now (the simulation's disk).
+    pub fn durable(&self) -> Durable {
+        Durable {
+            records: self.records.entries(),
+            ..self.durable.clone()
+        }
+    }
+
+    /// `session`'s journal here.
+    pub fn journal(&self, session: &str) -> Option<&[JournalEntry]> {
+        self.durable.journals.get(session).map(Vec::as_slice)
     }
 
     /// Messages to send, oldest first.
@@ -735,8 +729,9 @@ impl ClusterNode {
     }
 
     fn raise_epoch(&mut self, session: &str, epoch: u64) {
-        let known = self.durable.epochs.entry(session.to_owned()).or_insert(0);
-        *known = (*known).max(epoch);
+        if epoch > self.known_epoch(session) {
+            self.durable.epochs.insert(session.to_owned(), epoch);
+        }
     }
 
     fn write_record(&mut self, session: &str, record: SessionRecord, version: u64, now: u64) {
@@ -751,7 +746,6 @@ impl ClusterNode {
             stamp,
             now,
         );
-        self.durable.records = self.records.entries();
     }
 
     /// Nodes that may hold a replica: up and ready, any version, not this node.
@@ -891,7 +885,6 @@ impl ClusterNode {
             node: self.id.name.clone(),
         };
         self.records.insert(key, record, stamp, now);
-        self.durable.records = self.records.entries();
         Ok(())
     }
 
@@ -937,7 +930,6 @@ impl ClusterNode {
         };
         self.records
             .insert(Key::Evicted(name.to_owned()), Record::Evicted, stamp, now);
-        self.durable.records = self.records.entries();
         self.on_evicted(name, now);
     }
 
@@ -1046,6 +1038,21 @@ impl ClusterNode {
                     .journals
                     .get(&session)
                     .map_or(&[][..], Vec::as_slice);
+                // Anything but an append in the last entry's epoch changes
+                // the journal's epoch runs, which its row keeps.
+                let appended = self.reported.get(&session) == Some(&from) && from > 0;
+                let before = journal
+                    .get(from.saturating_sub(1) as usize)
+                    .map(|e| e.epoch);
+                let same_epoch = journal
+                    .get(from as usize..)
+                    .unwrap_or_default()
+                    .iter()
+                    .all(|e| Some(e.epoch) == before);
+                if !(appended && same_epoch) {
+                    self.reshaped.insert(session.clone());
+                }
+                self.reported.insert(session.clone(), journal.len() as u64);
                 JournalChange {
                     from: from.min(journal.len() as u64),
                     entries: journal.get(from as usize..).unwrap_or_default().to_vec(),
@@ -1054,6 +1061,36 @@ impl ClusterNode {
                 }
             })
             .collect()
+    }
+
+    /// What changed in the durable state besides journal entries since the
+    /// last call: rows for the host to write. Call it after
+    /// [`ClusterNode::take_journal_changes`], and send nothing taken since
+    /// before both are written (the protocol counts on them being on disk).
+    pub fn take_state_changes(&mut self) -> StateChange {
+        let mut sessions = self.durable.take_changed();
+        sessions.append(&mut self.reshaped);
+        if self.durable.journals.len() != self.reported.len() {
+            // A journal began (empty): its row says it exists.
+            for (session, journal) in &self.durable.journals {
+                if !self.reported.contains_key(session) {
+                    self.reported.insert(session.clone(), journal.len() as u64);
+                    sessions.insert(session.clone());
+                }
+            }
+        }
+        let records = self.records.changed_since(self.records_written);
+        self.records_written = self.records.counter();
+        StateChange {
+            sessions: sessions
+                .into_iter()
+                .map(|s| {
+                    let state = self.durable.session_state(&s);
+                    (s, state)
+                })
+                .collect(),
+            records,
+        }
     }
 
     // --- messages -----------------------------------------------------------
@@ -1071,7 +1108,6 @@ impl ClusterNode {
             Message::Delta { entries, upto } => {
                 self.synced_from.insert(from.clone());
                 let changed = self.records.join(entries, now);
-                self.durable.records = self.records.entries();
                 self.send(from, Message::DeltaAck { upto });
                 for key in changed.keys() {
                     match key {
@@ -1847,13 +1883,10 @@ impl ClusterNode {
         };
         // From here on the old owner gets no acknowledgements, so the journal
         // passed on is the whole acknowledged one.
-        self.durable
-            .handed
-            .entry(session.to_owned())
-            .or_insert(Handed {
-                served: epoch,
-                ..Handed::default()
-            });
+        self.durable.handed.get_or_insert_with(session, || Handed {
+            served: epoch,
+            ..Handed::default()
+        });
         self.handing.insert(session.to_owned(), handing.clone());
         if handing.held < len {
             self.send(

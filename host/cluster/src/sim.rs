@@ -19,8 +19,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::crdt::Delta;
 use crate::membership::NodeId;
-use crate::node::{ClusterNode, Config, Durable, Event, Message};
+use crate::node::{
+    ClusterNode, Config, Durable, Event, JournalChange, Key, Message, Record, SessionState,
+    StateChange,
+};
 
 /// SplitMix64: small, fast, and the same on every platform.
 #[derive(Clone, Debug)]
@@ -101,7 +105,7 @@ struct Slot {
     name: String,
     version: u32,
     node: Option<ClusterNode>,
-    durable: Durable,
+    disk: Disk,
     /// Clock = offset + real × (1 + ppm / 10⁶).
     ppm: i64,
     offset: u64,
@@ -118,6 +122,47 @@ impl Slot {
 
     fn running(&self, real: u64) -> bool {
         self.node.is_some() && real >= self.paused_until
+    }
+}
+
+/// A node's store as a host keeps it: journal entries by position, one
+/// row per session, one per record; written only through the changes the
+/// node hands out, so a restart from it checks that they miss nothing.
+#[derive(Debug, Default)]
+struct Disk {
+    journals: BTreeMap<String, Vec<Vec<u8>>>,
+    sessions: BTreeMap<String, SessionState>,
+    records: Delta<Key, Record>,
+}
+
+impl Disk {
+    fn write(&mut self, journals: Vec<JournalChange>, state: StateChange) {
+        for change in journals {
+            let journal = self.journals.entry(change.session).or_default();
+            journal.truncate(change.from as usize);
+            journal.extend(change.entries.into_iter().map(|e| e.action));
+            assert_eq!(
+                journal.len() as u64,
+                change.len,
+                "a journal change with a gap"
+            );
+        }
+        for (session, row) in state.sessions {
+            if row.is_empty() {
+                self.sessions.remove(&session);
+            } else {
+                self.sessions.insert(session, row);
+            }
+        }
+        self.records.extend(state.records);
+    }
+
+    fn load(&self) -> Durable {
+        let rows = self.sessions.iter().map(|(s, r)| (s.clone(), r.clone()));
+        Durable::from_rows(rows, self.records.clone(), |session| {
+            Ok::<_, ()>(self.journals.get(session).cloned().unwrap_or_default())
+        })
+        .expect("the simulated disk reads back")
     }
 }
 
@@ -288,7 +333,7 @@ impl Sim {
                     name: name.to_owned(),
                     version,
                     node: None,
-                    durable: Durable::default(),
+                    disk: Disk::default(),
                     ppm,
                     offset,
                     paused_until: 0,
@@ -312,7 +357,7 @@ impl Sim {
             self.config.node.clone(),
             slot.version,
             1000,
-            std::mem::take(&mut slot.durable),
+            slot.disk.load(),
             clock,
         );
         // Discovery: every running node learns the new address, and it learns theirs.
@@ -332,8 +377,9 @@ impl Sim {
         if let Some(i) = self.slot(name)
             && let Some(node) = self.slots[i].node.take()
         {
-            // What was synced to its disk is what it restarts with.
-            self.slots[i].durable = node.durable().clone();
+            // What it wrote to its disk (all it sent was written) is what
+            // it restarts with.
+            drop(node);
             self.slots[i].restart_at = restart_in.map(|d| now + d);
             self.slots[i].paused_until = 0;
             self.log(format!("crash {name}"));
@@ -576,6 +622,9 @@ impl Sim {
             let session =
                 self.sessions[self.rng.range(0, self.sessions.len() as u64) as usize].clone();
             let names = self.live_names();
+            if names.is_empty() {
+                return; // every node is down: nobody to ask
+            }
             let asked = &names[self.rng.range(0, names.len() as u64) as usize];
             let owner = self
                 .slot(asked)
@@ -602,6 +651,13 @@ impl Sim {
         let Some(node) = self.slots[i].node.as_mut() else {
             return;
         };
+        // Written before anything is sent, as a real host does.
+        let journals = node.take_journal_changes();
+        let state = node.take_state_changes();
+        self.slots[i].disk.write(journals, state);
+        let Some(node) = self.slots[i].node.as_mut() else {
+            return;
+        };
         let out = node.poll_transmit();
         let events = node.poll_events();
         let from = node.id().clone();
@@ -622,8 +678,8 @@ impl Sim {
                     let journal = self.slots[i]
                         .node
                         .as_ref()
-                        .and_then(|n| n.durable().journals.get(&session))
-                        .map_or(&[][..], Vec::as_slice);
+                        .and_then(|n| n.journal(&session))
+                        .unwrap_or_default();
                     let problems = self.checker.applied(&name, &session, epoch, seq, journal);
                     for p in problems {
                         self.violation(p);
@@ -651,6 +707,7 @@ impl Sim {
                 }
                 Event::Drained { left } => {
                     self.log(format!("{name} drained ({left} left); exits"));
+                    // Its disk stays, for a restart under its name.
                     self.slots[i].node = None;
                     self.slots[i].gone = true;
                     return;
@@ -729,7 +786,7 @@ impl Sim {
                     let journal = self.slots[*i]
                         .node
                         .as_ref()
-                        .and_then(|n| n.durable().journals.get(&session).cloned())
+                        .and_then(|n| n.journal(&session).map(<[_]>::to_vec))
                         .unwrap_or_default();
                     let acked = self
                         .checker

@@ -201,3 +201,63 @@ fn a_module_published_on_one_node_is_listed_by_all() {
         );
     }
 }
+
+#[test]
+fn full_cluster_restart_after_a_crash_of_every_node() {
+    run(
+        "full restart after crashes",
+        "
+        nodes a b c
+        sessions 12
+        # every node dies at once (power cut) and comes back under its name
+        at 1500 crash a restart-after 1000
+        at 1500 crash b restart-after 1200
+        at 1500 crash c restart-after 800
+        run 9000
+        expect owned
+        expect owned-by a b c
+        ",
+    );
+}
+
+#[test]
+fn full_cluster_restart_after_every_node_drained_at_once() {
+    run(
+        "full restart after drains",
+        "
+        config drain_deadline_ms=400
+        nodes a b c
+        sessions 12
+        # every node told to stop at once: none is ready to take a session,
+        # so each exits at its drain deadline; then all start again
+        at 1500 drain a
+        at 1500 drain b
+        at 1500 drain c
+        at 3000 restart a
+        at 3000 restart b
+        at 3000 restart c
+        run 10000
+        expect owned
+        expect owned-by a b c
+        ",
+    );
+}
+
+#[test]
+fn a_replica_restarted_from_its_store_takes_over_from_an_owner_gone_for_good() {
+    run(
+        "replica restarts while its owner is lost",
+        "
+        nodes a b c d
+        sessions 16
+        # a's machine is lost for good while b reboots: b must know from its
+        # store alone which sessions it holds completely, and promote itself
+        at 1500 crash a
+        at 1500 crash b restart-after 400
+        at 3500 evict-gone
+        run 9000
+        expect owned
+        expect owned-by b c d
+        ",
+    );
+}
