@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
-use baton_cluster::node::{Durable, Event, JournalChange};
-use baton_store::GroupCommit;
-use baton_transport::{Identity, JournalStore, Mesh, MeshConfig};
+use baton_cluster::crdt::Entry;
+use baton_cluster::node::{Durable, Event, JournalChange, Key, Record, SessionState, StateChange};
+use baton_store::{GroupCommit, Store, Write};
+use baton_transport::{DurableStore, Identity, Mesh, MeshConfig, WriteDone};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
@@ -18,38 +19,120 @@ use crate::config::ClusterConfig;
 use crate::error::NodeError;
 use crate::node::{CreateSession, Created, Node};
 
-/// The node's journal writer, for the mesh: a change's entries land at
-/// their journal positions (index = position) in the node's store. Each
-/// write done is counted in `written`, for those waiting on a journal.
-struct StoreJournal {
+/// The cluster core's durable state in the node's store, through its group
+/// commit (so in the order given, sharing fsyncs with everything else): a
+/// journal change's entries at their positions (index = position) and the
+/// end of the journal; state rows under `s` + session id and `r` + record
+/// key. Each journal write done is counted in `written`, for those waiting
+/// on a journal.
+struct StoreDurable {
     commit: Arc<GroupCommit>,
     written: Arc<watch::Sender<u64>>,
 }
 
-impl JournalStore for StoreJournal {
-    fn write(&self, change: JournalChange, done: Box<dyn FnOnce(Result<(), String>) + Send>) {
-        let count = change.entries.len();
-        if count == 0 {
-            return done(Ok(()));
-        }
-        // Entries commit in order: the last one's result covers them all.
-        let mut done = Some((done, self.written.clone()));
-        for (i, entry) in change.entries.into_iter().enumerate() {
-            let last = i + 1 == count;
-            let done = if last { done.take() } else { None };
-            self.commit.append(
-                &change.session,
-                change.from + i as u64,
-                entry.action,
-                move |result| {
-                    if let Some((done, written)) = done {
-                        done(result.map_err(|e| e.to_string()));
-                        written.send_modify(|n| *n += 1);
-                    }
-                },
-            );
+const SESSION_ROW: u8 = b's';
+const RECORD_ROW: u8 = b'r';
+
+fn row_key(kind: u8, key: &[u8]) -> Vec<u8> {
+    let mut row = Vec::with_capacity(1 + key.len());
+    row.push(kind);
+    row.extend_from_slice(key);
+    row
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Only in-memory types with derived encodings: this cannot fail.
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+impl DurableStore for StoreDurable {
+    fn write_journal(&self, change: JournalChange, done: WriteDone) {
+        let mut writes: Vec<Write> = change
+            .entries
+            .into_iter()
+            .zip(change.from..)
+            .map(|(entry, position)| Write::Entry {
+                session: change.session.clone(),
+                position,
+                entry: entry.action,
+            })
+            .collect();
+        writes.push(Write::Truncate {
+            session: change.session,
+            len: change.len,
+        });
+        let written = self.written.clone();
+        self.commit.submit(writes, move |result| {
+            done(result.map_err(|e| e.to_string()));
+            written.send_modify(|n| *n += 1);
+        });
+    }
+
+    fn write_state(&self, change: StateChange, done: WriteDone) {
+        let sessions = change
+            .sessions
+            .into_iter()
+            .map(|(session, state)| Write::State {
+                key: row_key(SESSION_ROW, session.as_bytes()),
+                value: (!state.is_empty()).then(|| encode(&state)),
+            });
+        let records = change.records.into_iter().map(|(key, entry)| Write::State {
+            key: row_key(RECORD_ROW, &encode(&key)),
+            value: Some(encode(&entry)),
+        });
+        self.commit
+            .submit(sessions.chain(records).collect(), move |result| {
+                done(result.map_err(|e| e.to_string()))
+            });
+    }
+}
+
+/// What the core kept in this node's store from its previous boot (nothing
+/// for a new node): its rows and its journals.
+fn load_durable(store: &dyn Store) -> Result<Durable, NodeError> {
+    let damaged = |what: &str, e: &dyn std::fmt::Display| {
+        NodeError::Internal(format!(
+            "the store's cluster state is damaged ({what}): {e}"
+        ))
+    };
+    let mut sessions = Vec::new();
+    let mut records = std::collections::BTreeMap::new();
+    for (key, value) in store.state()? {
+        match key.split_first() {
+            Some((&SESSION_ROW, id)) => {
+                let id = String::from_utf8(id.to_vec()).map_err(|e| damaged("a session id", &e))?;
+                let state: SessionState =
+                    postcard::from_bytes(&value).map_err(|e| damaged("a session row", &e))?;
+                sessions.push((id, state));
+            }
+            Some((&RECORD_ROW, key)) => {
+                let key: Key =
+                    postcard::from_bytes(key).map_err(|e| damaged("a record key", &e))?;
+                let entry: Entry<Record> =
+                    postcard::from_bytes(&value).map_err(|e| damaged("a record", &e))?;
+                records.insert(key, entry);
+            }
+            _ => return Err(damaged("a row", &"of an unknown kind")),
         }
     }
+    Durable::from_rows(sessions, records, |session| {
+        let journal = store.journal(session, 0)?;
+        // Positions are indexes: a gap would shift every later entry.
+        if let Some((i, (position, _))) = journal
+            .iter()
+            .enumerate()
+            .find(|(i, (position, _))| *position != *i as u64)
+        {
+            return Err(NodeError::Internal(format!(
+                "the journal of {session} has a gap: entry {position} where {i} belongs"
+            )));
+        }
+        Ok(journal.into_iter().map(|(_, action)| action).collect())
+    })
+    .map_err(|e| match e {
+        baton_cluster::durable::RowsError::Journal(e) => e,
+        other => damaged("a journal", &other),
+    })
 }
 
 /// The first frame on a tunnel: what the opening node wants.
@@ -193,11 +276,24 @@ pub(crate) async fn join(node: &Arc<Node>, config: &ClusterConfig) -> Result<(),
     mesh_config.host_version = config.host_version;
     mesh_config.replication = config.replication;
     mesh_config.capacity = u32::try_from(node.config.max_sessions).unwrap_or(u32::MAX);
-    let store = Arc::new(StoreJournal {
+    let durable = {
+        let store = node.store.clone();
+        tokio::task::spawn_blocking(move || load_durable(&*store))
+            .await
+            .map_err(|e| NodeError::Internal(e.to_string()))??
+    };
+    if !durable.journals.is_empty() {
+        tracing::info!(
+            journals = durable.journals.len(),
+            records = durable.records.len(),
+            "cluster state read back from the store"
+        );
+    }
+    let store = Arc::new(StoreDurable {
         commit: node.journal.clone(),
         written: node.journals_written.clone(),
     });
-    let mesh = Mesh::start(identity, mesh_config, Durable::default(), store)
+    let mesh = Mesh::start(identity, mesh_config, durable, store)
         .await
         .map_err(|e| NodeError::Internal(format!("joining the cluster: {e}")))?;
     tracing::info!(name = %config.name, quic = %mesh.addr(), seeds = ?config.seeds, replication = ?config.replication, "joined the cluster mesh");

@@ -1668,10 +1668,12 @@ impl Node {
             &pending.meta.to_json(),
             &pending.image.encode(),
         ));
-        match self
-            .store
-            .put_snapshot(&pending.id, pending.image.position, &sealed)
-        {
+        match self.store.put_snapshot(
+            &pending.id,
+            pending.image.position,
+            &sealed,
+            self.config.cluster.is_none(),
+        ) {
             Ok(()) => {
                 self.metrics
                     .snapshot(&pending.module, sealed.len() as u64, started.elapsed());

@@ -488,7 +488,9 @@ fn keep(node: &Node, offered: Offered, sealed: &[u8], module: &str) -> Result<()
     }
     meta.tail = Some(offered.tail);
     let sealed = seal(&meta.to_json(), encoded.as_deref().unwrap_or(body));
-    node.store.put_snapshot(id, offered.position, &sealed)?;
+    // Only a cluster node receives snapshots: its journals stay whole.
+    node.store
+        .put_snapshot(id, offered.position, &sealed, false)?;
     Ok(())
 }
 

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
-use crate::{JournalWrite, Store, StoreError};
+use crate::{Store, StoreError, Write};
 
 /// Most entries one commit takes, so a flood cannot delay its first acks
 /// without bound.
@@ -14,9 +14,7 @@ const MAX_BATCH: usize = 4096;
 type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 struct Pending {
-    session: String,
-    position: u64,
-    entry: Vec<u8>,
+    writes: Vec<Write>,
     done: Done,
 }
 
@@ -78,10 +76,23 @@ impl GroupCommit {
         entry: Vec<u8>,
         done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
     ) {
-        let pending = Pending {
+        let write = Write::Entry {
             session: session.to_owned(),
             position,
             entry,
+        };
+        self.submit(vec![write], done);
+    }
+
+    /// Queues `writes`, to be made durable together and after everything
+    /// queued before them; `done` is called as for [`GroupCommit::append`].
+    pub fn submit(
+        &self,
+        writes: Vec<Write>,
+        done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) {
+        let pending = Pending {
+            writes,
             done: Box::new(done),
         };
         let Some(queue) = &self.queue else {
@@ -146,30 +157,29 @@ fn write_loop(store: &dyn Store, pending: &mpsc::Receiver<Pending>, stats: &Comm
                 Err(_) => break,
             }
         }
-        let writes: Vec<JournalWrite<'_>> = batch
-            .iter()
-            .map(|p| JournalWrite {
-                session: &p.session,
-                position: p.position,
-                entry: &p.entry,
-            })
+        let writes: Vec<Write> = batch
+            .iter_mut()
+            .flat_map(|p| std::mem::take(&mut p.writes))
             .collect();
         let result = match &failed {
             Some(e) => Err(e.clone()),
-            None => store.append(&writes),
+            None => store.commit(&writes),
         };
         if let Err(e) = &result {
             failed.get_or_insert_with(|| e.clone());
         }
         if result.is_ok() {
             stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats
-                .entries
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            let bytes: usize = batch.iter().map(|p| p.entry.len()).sum();
-            stats.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+            let (mut entries, mut bytes) = (0u64, 0u64);
+            for write in &writes {
+                if let Write::Entry { entry, .. } = write {
+                    entries += 1;
+                    bytes += entry.len() as u64;
+                }
+            }
+            stats.entries.fetch_add(entries, Ordering::Relaxed);
+            stats.bytes.fetch_add(bytes, Ordering::Relaxed);
         }
-        drop(writes);
         for p in batch {
             (p.done)(result.clone());
         }

@@ -2,7 +2,8 @@
 //!
 //! A node keeps everything it needs to resume its sessions after a crash or
 //! a full-cluster restart: the rule modules it runs, each session's record,
-//! its latest snapshot and the journal of calls since. The [`Store`] trait is
+//! its latest snapshot and the journal of calls since, and on a cluster
+//! node the cluster protocol's own rows. The [`Store`] trait is
 //! that contract, small enough for another backend (PostgreSQL) to implement;
 //! [`RedbStore`] is the embedded one (one file, no server to install).
 //!
@@ -13,7 +14,7 @@
 //!
 //! # Layout
 //!
-//! - [`Store`], [`StoreError`], [`Published`], [`JournalWrite`]: the contract.
+//! - [`Store`], [`StoreError`], [`Published`], [`Write`], [`JournalWrite`]: the contract.
 //! - `redb_store`: [`RedbStore`].
 //! - `group_commit`: [`GroupCommit`] and its [`CommitStats`].
 #![warn(missing_docs)]
@@ -58,6 +59,38 @@ pub enum Published {
     AlreadyThere,
 }
 
+/// One write of a durable commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// A journal entry at its position (replacing one already there).
+    Entry {
+        /// The session.
+        session: String,
+        /// The entry's position in the session's journal.
+        position: u64,
+        /// The encoded entry.
+        entry: Vec<u8>,
+    },
+    /// The session's journal ends before `len`: entries from there go.
+    Truncate {
+        /// The session.
+        session: String,
+        /// The journal's length now.
+        len: u64,
+    },
+    /// A row of the cluster protocol's state, opaque here: set, or deleted
+    /// when `value` is `None`.
+    State {
+        /// The row's key.
+        key: Vec<u8>,
+        /// Its value.
+        value: Option<Vec<u8>>,
+    },
+}
+
+/// A row of the cluster protocol's state: key and value.
+pub type StateRow = (Vec<u8>, Vec<u8>);
+
 /// One journal entry to append.
 #[derive(Clone, Copy, Debug)]
 pub struct JournalWrite<'a> {
@@ -95,16 +128,39 @@ pub trait Store: Send + Sync + 'static {
     /// Every session's record, by id.
     fn sessions(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
+    /// Makes every write durable, in order, in one commit: all or none.
+    fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
+
     /// Appends journal entries, all in one durable commit.
-    fn append(&self, entries: &[JournalWrite<'_>]) -> Result<(), StoreError>;
+    fn append(&self, entries: &[JournalWrite<'_>]) -> Result<(), StoreError> {
+        let writes: Vec<Write> = entries
+            .iter()
+            .map(|e| Write::Entry {
+                session: e.session.to_owned(),
+                position: e.position,
+                entry: e.entry.to_vec(),
+            })
+            .collect();
+        self.commit(&writes)
+    }
+
+    /// Every row of the cluster protocol's state ([`Write::State`]).
+    fn state(&self) -> Result<Vec<StateRow>, StoreError>;
 
     /// A session's journal entries from `from` on, in order.
     fn journal(&self, session: &str, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 
     /// Stores a session's snapshot taken at `position`, replacing older
-    /// ones, and drops the journal entries it covers (those before it).
-    fn put_snapshot(&self, session: &str, position: u64, snapshot: &[u8])
-    -> Result<(), StoreError>;
+    /// ones. With `drop_covered`, also drops the journal entries it covers
+    /// (those before it); a cluster node keeps them, since its journals
+    /// belong to the cluster protocol, which counts every entry.
+    fn put_snapshot(
+        &self,
+        session: &str,
+        position: u64,
+        snapshot: &[u8],
+        drop_covered: bool,
+    ) -> Result<(), StoreError>;
 
     /// A session's latest snapshot and its position.
     fn snapshot(&self, session: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError>;

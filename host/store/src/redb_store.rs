@@ -4,7 +4,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::{JournalWrite, ModuleHash, Published, Store, StoreError};
+use crate::{ModuleHash, Published, StateRow, Store, StoreError, Write};
 
 /// `name@version` → module hash.
 const MODULE_NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("module_names");
@@ -16,6 +16,8 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const JOURNAL: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("journal");
 /// Session id → position (8 bytes, little-endian) followed by the snapshot.
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+/// The cluster protocol's rows, opaque here.
+const CLUSTER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cluster");
 /// Store-wide facts: the format version.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -69,6 +71,7 @@ impl RedbStore {
             txn.open_table(SESSIONS).map_err(io)?;
             txn.open_table(JOURNAL).map_err(io)?;
             txn.open_table(SNAPSHOTS).map_err(io)?;
+            txn.open_table(CLUSTER).map_err(io)?;
         }
         txn.commit().map_err(io)
     }
@@ -158,20 +161,59 @@ impl Store for RedbStore {
         Ok(out)
     }
 
-    fn append(&self, entries: &[JournalWrite<'_>]) -> Result<(), StoreError> {
-        if entries.is_empty() {
+    fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+        if writes.is_empty() {
             return Ok(());
         }
         let txn = self.db.begin_write().map_err(io)?;
         {
             let mut journal = txn.open_table(JOURNAL).map_err(io)?;
-            for e in entries {
-                journal
-                    .insert((e.session, e.position), e.entry)
-                    .map_err(io)?;
+            let mut cluster = txn.open_table(CLUSTER).map_err(io)?;
+            for write in writes {
+                match write {
+                    Write::Entry {
+                        session,
+                        position,
+                        entry,
+                    } => {
+                        journal
+                            .insert((session.as_str(), *position), entry.as_slice())
+                            .map_err(io)?;
+                    }
+                    Write::Truncate { session, len } => {
+                        journal
+                            .retain_in(
+                                (session.as_str(), *len)..=(session.as_str(), u64::MAX),
+                                |_, _| false,
+                            )
+                            .map_err(io)?;
+                    }
+                    Write::State {
+                        key,
+                        value: Some(value),
+                    } => {
+                        cluster
+                            .insert(key.as_slice(), value.as_slice())
+                            .map_err(io)?;
+                    }
+                    Write::State { key, value: None } => {
+                        cluster.remove(key.as_slice()).map_err(io)?;
+                    }
+                }
             }
         }
         txn.commit().map_err(io)
+    }
+
+    fn state(&self) -> Result<Vec<StateRow>, StoreError> {
+        let txn = self.db.begin_read().map_err(io)?;
+        let table = txn.open_table(CLUSTER).map_err(io)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(io)? {
+            let (key, value) = row.map_err(io)?;
+            out.push((key.value().to_vec(), value.value().to_vec()));
+        }
+        Ok(out)
     }
 
     fn journal(&self, session: &str, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
@@ -193,6 +235,7 @@ impl Store for RedbStore {
         session: &str,
         position: u64,
         snapshot: &[u8],
+        drop_covered: bool,
     ) -> Result<(), StoreError> {
         let mut value = Vec::with_capacity(8 + snapshot.len());
         value.extend_from_slice(&position.to_le_bytes());
@@ -214,10 +257,12 @@ impl Store for RedbStore {
                 return Ok(());
             }
             snapshots.insert(session, &value[..]).map_err(io)?;
-            let mut journal = txn.open_table(JOURNAL).map_err(io)?;
-            journal
-                .retain_in((session, 0)..(session, position), |_, _| false)
-                .map_err(io)?;
+            if drop_covered {
+                let mut journal = txn.open_table(JOURNAL).map_err(io)?;
+                journal
+                    .retain_in((session, 0)..(session, position), |_, _| false)
+                    .map_err(io)?;
+            }
         }
         txn.commit().map_err(io)
     }

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use baton_store::{GroupCommit, JournalWrite, ModuleHash, Published, RedbStore, Store, StoreError};
+use baton_store::{
+    GroupCommit, JournalWrite, ModuleHash, Published, RedbStore, Store, StoreError, Write,
+};
 
 fn open(dir: &tempfile::TempDir) -> RedbStore {
     RedbStore::open(&dir.path().join("node.redb")).expect("the store opens")
@@ -68,7 +70,7 @@ fn journals_read_back_in_order_and_snapshots_truncate_them() {
     );
     assert!(store.journal("s3", 0).unwrap().is_empty());
 
-    store.put_snapshot("s1", 6, b"snapshot at 6").unwrap();
+    store.put_snapshot("s1", 6, b"snapshot at 6", true).unwrap();
     assert_eq!(
         store.snapshot("s1").unwrap(),
         Some((6, b"snapshot at 6".to_vec()))
@@ -84,8 +86,66 @@ fn journals_read_back_in_order_and_snapshots_truncate_them() {
         "other sessions untouched"
     );
     // An older snapshot never replaces a newer one.
-    store.put_snapshot("s1", 3, b"stale").unwrap();
+    store.put_snapshot("s1", 3, b"stale", true).unwrap();
     assert_eq!(store.snapshot("s1").unwrap().unwrap().0, 6);
+}
+
+#[test]
+fn a_cluster_node_keeps_its_journals_whole_truncates_them_and_keeps_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir);
+        let mut writes: Vec<Write> = (0..6u8)
+            .map(|i| Write::Entry {
+                session: "s".into(),
+                position: u64::from(i),
+                entry: vec![i],
+            })
+            .collect();
+        writes.push(Write::State {
+            key: b"row".to_vec(),
+            value: Some(b"one".to_vec()),
+        });
+        writes.push(Write::State {
+            key: b"gone".to_vec(),
+            value: Some(b"x".to_vec()),
+        });
+        store.commit(&writes).unwrap();
+        // A snapshot that keeps what it covers: the protocol counts it.
+        store.put_snapshot("s", 4, b"snap", false).unwrap();
+        store
+            .commit(&[
+                Write::Truncate {
+                    session: "s".into(),
+                    len: 3,
+                },
+                Write::Entry {
+                    session: "s".into(),
+                    position: 3,
+                    entry: b"new".to_vec(),
+                },
+                Write::State {
+                    key: b"gone".to_vec(),
+                    value: None,
+                },
+                Write::State {
+                    key: b"row".to_vec(),
+                    value: Some(b"two".to_vec()),
+                },
+            ])
+            .unwrap();
+    }
+    let store = open(&dir);
+    assert_eq!(
+        store.journal("s", 0).unwrap(),
+        [
+            (0, vec![0]),
+            (1, vec![1]),
+            (2, vec![2]),
+            (3, b"new".to_vec())
+        ]
+    );
+    assert_eq!(store.state().unwrap(), [(b"row".to_vec(), b"two".to_vec())]);
 }
 
 #[test]
@@ -102,7 +162,7 @@ fn everything_survives_reopening() {
                 entry: b"e0",
             }])
             .unwrap();
-        store.put_snapshot("s2", 4, b"snap").unwrap();
+        store.put_snapshot("s2", 4, b"snap", true).unwrap();
     }
     let store = open(&dir);
     assert_eq!(

@@ -24,8 +24,8 @@ pub mod tls;
 
 pub use endpoint::{Peer, Transport};
 pub use mesh::{
-    AppendError, Appended, JournalStore, Mesh, MeshConfig, Replication, Tunnel, Unconfirmed,
-    Unpersisted,
+    AppendError, Appended, DurableStore, Mesh, MeshConfig, Replication, Tunnel, Unconfirmed,
+    Unpersisted, WriteDone,
 };
 pub use tls::{Identity, WIRE_VERSIONS, wire_version_number};
 

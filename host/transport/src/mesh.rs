@@ -8,11 +8,15 @@
 //! traffic never delays a heartbeat; a full queue drops the message, which
 //! the protocol resends (it is built for a lossy network).
 //!
-//! Journals: every change the core makes to a journal (the owner's appends,
-//! a replica's copies) is written through the host's [`JournalStore`]; a
+//! Disk: every change the core makes to a journal (the owner's appends,
+//! a replica's copies) is written through the host's [`DurableStore`]; a
 //! replica's acknowledgement leaves only once its copy is written, and an
 //! owner's [`Mesh::append`] is durable once written here (`local`) or also
-//! acknowledged by the replica (`replicated`).
+//! acknowledged by the replica (`replicated`). The rest of the core's
+//! durable state (epochs, roles that survive restarts, records) changes
+//! when sessions are created or move; while such a change is being
+//! written, no message leaves at all, so that no peer ever learns of a
+//! decision this node could forget in a crash.
 //!
 //! Tunnels: the host opens bidirectional streams to a named node
 //! ([`Mesh::open`]) and receives those opened to it ([`Mesh::tunnels`]):
@@ -32,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton_cluster::node::{
-    Durable, Event, JournalChange, JournalEntry, Message, NewSession, SessionRecord,
+    Durable, Event, JournalChange, JournalEntry, Message, NewSession, SessionRecord, StateChange,
 };
 use baton_cluster::{ClusterNode, Config, NodeId, Refusal};
 use serde::{Deserialize, Serialize};
@@ -139,21 +143,31 @@ async fn read_frame(stream: &mut quinn::RecvStream) -> Option<Frame> {
     postcard::from_bytes(&bytes).ok()
 }
 
-/// Where the mesh writes journal changes: the host's store.
-pub trait JournalStore: Send + Sync + 'static {
+/// Called once a write is durable, or failed.
+pub type WriteDone = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Where the mesh writes the core's durable state: the host's store.
+/// Writes must become durable in the order they are given.
+pub trait DurableStore: Send + Sync + 'static {
     /// Writes `change` durably (entries from `change.from` replace what
     /// stood there; the journal is `change.len` long), then calls `done`.
-    /// Changes of one session come in order and must be written in order.
-    fn write(&self, change: JournalChange, done: Box<dyn FnOnce(Result<(), String>) + Send>);
+    fn write_journal(&self, change: JournalChange, done: WriteDone);
+
+    /// Writes the rows of `change` durably, then calls `done`.
+    fn write_state(&self, change: StateChange, done: WriteDone);
 }
 
-/// A [`JournalStore`] that writes nothing and says done at once: for tests
+/// A [`DurableStore`] that writes nothing and says done at once: for tests
 /// of the mesh itself, never for a node whose acknowledgements mean durable.
 #[derive(Debug)]
 pub struct Unpersisted;
 
-impl JournalStore for Unpersisted {
-    fn write(&self, _: JournalChange, done: Box<dyn FnOnce(Result<(), String>) + Send>) {
+impl DurableStore for Unpersisted {
+    fn write_journal(&self, _: JournalChange, done: WriteDone) {
+        done(Ok(()));
+    }
+
+    fn write_state(&self, _: StateChange, done: WriteDone) {
         done(Ok(()));
     }
 }
@@ -245,8 +259,13 @@ type Leasing = (
     oneshot::Sender<Result<Appended, AppendError>>,
 );
 
-/// A journal write finished: `(session, generation, result)`.
-type Written = (String, u64, Result<(), String>);
+/// A write finished.
+enum Written {
+    /// A journal change of `session`, by generation.
+    Journal(String, u64, Result<(), String>),
+    /// A state change, by generation.
+    State(u64, Result<(), String>),
+}
 
 enum Command {
     Place {
@@ -342,13 +361,13 @@ fn now_ms() -> u64 {
 
 impl Mesh {
     /// Binds, starts the driver and dials the seeds. `durable` is what the
-    /// node's store kept from its previous boot; journal changes are
-    /// written to `store`.
+    /// node's store kept from its previous boot; changes to it are written
+    /// to `store`.
     pub async fn start(
         identity: Identity,
         config: MeshConfig,
         durable: Durable,
-        store: Arc<dyn JournalStore>,
+        store: Arc<dyn DurableStore>,
     ) -> Result<Mesh, TransportError> {
         let name = identity.name().to_owned();
         let transport = Arc::new(Transport::bind(config.listen, identity)?);
@@ -408,6 +427,7 @@ impl Mesh {
             store,
             written_tx,
             journals: BTreeMap::new(),
+            state: StateWrites::default(),
             starting: BTreeMap::new(),
             failed: None,
             leasing: Vec::new(),
@@ -683,6 +703,14 @@ struct Writes {
     waiting: Vec<Waiter>,
 }
 
+/// The core's state writes, and every message held until they are done.
+#[derive(Default)]
+struct StateWrites {
+    issued: u64,
+    written: u64,
+    held: Vec<(NodeId, Message)>,
+}
+
 /// An append waiting to be durable.
 struct Waiter {
     seq: u64,
@@ -708,9 +736,10 @@ struct Driver {
     records: watch::Sender<u64>,
     records_seen: u64,
     tunnels: mpsc::Sender<Tunnel>,
-    store: Arc<dyn JournalStore>,
+    store: Arc<dyn DurableStore>,
     written_tx: mpsc::UnboundedSender<Written>,
     journals: BTreeMap<String, Writes>,
+    state: StateWrites,
     starting: BTreeMap<String, (u64, oneshot::Sender<Result<SessionRecord, String>>)>,
     /// The store failed: nothing more is acknowledged (fail-stop).
     failed: Option<String>,
@@ -750,9 +779,12 @@ impl Driver {
                     }
                 }
                 _ = resolve.tick() => self.resolve_seeds(),
-                Some((session, generation, result)) = written.recv() => {
-                    self.written(session, generation, result);
-                }
+                Some(done) = written.recv() => match done {
+                    Written::Journal(session, generation, result) => {
+                        self.written(session, generation, result);
+                    }
+                    Written::State(generation, result) => self.state_written(generation, result),
+                },
                 input = rx.recv() => {
                     let Some(input) = input else { return };
                     if !self.input(input) {
@@ -986,7 +1018,7 @@ impl Driver {
         })
     }
 
-    /// Hands the core's journal changes to the store.
+    /// Hands the core's changes to the store: journals first, then the rest.
     fn write_changes(&mut self) {
         for change in self.node.take_journal_changes() {
             let writes = self.journals.entry(change.session.clone()).or_default();
@@ -994,12 +1026,56 @@ impl Driver {
             let generation = writes.issued;
             let session = change.session.clone();
             let tx = self.written_tx.clone();
-            self.store.write(
+            self.store.write_journal(
                 change,
                 Box::new(move |result| {
-                    let _ = tx.send((session, generation, result));
+                    let _ = tx.send(Written::Journal(session, generation, result));
                 }),
             );
+        }
+        let state = self.node.take_state_changes();
+        if !state.is_empty() {
+            self.state.issued += 1;
+            let generation = self.state.issued;
+            let tx = self.written_tx.clone();
+            self.store.write_state(
+                state,
+                Box::new(move |result| {
+                    let _ = tx.send(Written::State(generation, result));
+                }),
+            );
+        }
+    }
+
+    fn state_written(&mut self, generation: u64, result: Result<(), String>) {
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cluster state write failed: sending nothing more");
+            self.failed.get_or_insert(e);
+            return;
+        }
+        self.state.written = self.state.written.max(generation);
+        if self.state.written == self.state.issued {
+            for (to, message) in std::mem::take(&mut self.state.held) {
+                self.route(to, message);
+            }
+        }
+    }
+
+    /// Sends `message`, or holds it until what it depends on is on disk:
+    /// any state change not yet written, or (for an acknowledgement that
+    /// promises a durable copy) its session's journal writes.
+    fn route(&mut self, to: NodeId, message: Message) {
+        if self.state.written < self.state.issued {
+            self.state.held.push((to, message));
+            return;
+        }
+        let failed = self.failed.is_some();
+        let pending = about_durable(&message)
+            .and_then(|s| self.journals.get_mut(s))
+            .filter(|w| w.written < w.issued || failed);
+        match pending {
+            Some(w) => w.held.push((w.issued, to, message)),
+            None => self.send(to, message),
         }
     }
 
@@ -1017,7 +1093,11 @@ impl Driver {
             .partition(|(g, _, _)| *g <= written);
         writes.held = held;
         for (_, to, message) in ready {
-            self.send(to, message);
+            if self.state.written < self.state.issued {
+                self.state.held.push((to, message));
+            } else {
+                self.send(to, message);
+            }
         }
         self.settle(&session);
     }
@@ -1233,14 +1313,7 @@ impl Driver {
         }
         self.write_changes();
         for (to, message) in self.node.poll_transmit() {
-            let failed = self.failed.is_some();
-            let pending = about_durable(&message)
-                .and_then(|s| self.journals.get_mut(s))
-                .filter(|w| w.written < w.issued || failed);
-            match pending {
-                Some(w) => w.held.push((w.issued, to, message)),
-                None => self.send(to, message),
-            }
+            self.route(to, message);
         }
         for event in self.node.poll_events() {
             match &event {
