@@ -703,12 +703,24 @@ struct Writes {
     waiting: Vec<Waiter>,
 }
 
-/// The core's state writes, and every message held until they are done.
+/// The core's state writes, and the messages held until the write issued
+/// before each is done: (generation, to, message), in order.
 #[derive(Default)]
 struct StateWrites {
     issued: u64,
     written: u64,
-    held: Vec<(NodeId, Message)>,
+    held: std::collections::VecDeque<(u64, NodeId, Message)>,
+}
+
+impl StateWrites {
+    /// Whether a message produced now must wait.
+    fn pending(&self) -> bool {
+        self.written < self.issued
+    }
+
+    fn hold(&mut self, to: NodeId, message: Message) {
+        self.held.push_back((self.issued, to, message));
+    }
 }
 
 /// An append waiting to be durable.
@@ -1054,9 +1066,15 @@ impl Driver {
             return;
         }
         self.state.written = self.state.written.max(generation);
-        if self.state.written == self.state.issued {
-            for (to, message) in std::mem::take(&mut self.state.held) {
-                self.route(to, message);
+        // In order: a message never overtakes one produced before it.
+        while self
+            .state
+            .held
+            .front()
+            .is_some_and(|(g, _, _)| *g <= self.state.written)
+        {
+            if let Some((_, to, message)) = self.state.held.pop_front() {
+                self.route_written(to, message);
             }
         }
     }
@@ -1065,10 +1083,15 @@ impl Driver {
     /// any state change not yet written, or (for an acknowledgement that
     /// promises a durable copy) its session's journal writes.
     fn route(&mut self, to: NodeId, message: Message) {
-        if self.state.written < self.state.issued {
-            self.state.held.push((to, message));
+        if self.state.pending() || !self.state.held.is_empty() {
+            self.state.hold(to, message);
             return;
         }
+        self.route_written(to, message);
+    }
+
+    /// [`Driver::route`] for a message whose state is on disk.
+    fn route_written(&mut self, to: NodeId, message: Message) {
         let failed = self.failed.is_some();
         let pending = about_durable(&message)
             .and_then(|s| self.journals.get_mut(s))
@@ -1093,10 +1116,11 @@ impl Driver {
             .partition(|(g, _, _)| *g <= written);
         writes.held = held;
         for (_, to, message) in ready {
-            if self.state.written < self.state.issued {
-                self.state.held.push((to, message));
-            } else {
+            if self.state.held.is_empty() {
                 self.send(to, message);
+            } else {
+                // Behind messages still waiting for state: keep the order.
+                self.state.hold(to, message);
             }
         }
         self.settle(&session);
