@@ -4,11 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
-/// (package, constant) for each module built.
-const GAMES: &[(&str, &str)] = &[
-    ("minotaur", "MINOTAUR"),
-    ("connect-four", "CONNECT_FOUR"),
-    ("misbehave", "MISBEHAVE"),
+/// (package, features, constant) for each module built.
+const GAMES: &[(&str, &[&str], &str)] = &[
+    ("minotaur", &[], "MINOTAUR"),
+    ("connect-four", &[], "CONNECT_FOUR"),
+    ("misbehave", &[], "MISBEHAVE"),
+    ("minotaur", &["v2"], "MINOTAUR_V2"),
+    ("minotaur", &["v2-broken"], "MINOTAUR_V2_BROKEN"),
 ];
 
 fn main() {
@@ -32,38 +34,48 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
         .join("rules");
-    let build = baton_module::Build {
-        packages: GAMES
-            .iter()
-            .map(|(package, _)| (*package).to_owned())
-            .collect(),
-        target_dir: Some(target_dir),
-        ..baton_module::Build::new(root.join("Cargo.toml"))
-    };
-    let built = match build.run() {
-        Ok(built) => built,
-        Err(e) => {
-            println!("cargo::error=building the games in games/ failed: {e}");
-            std::process::exit(1);
-        }
-    };
-
     let mut rust = String::new();
-    for module in &built {
-        let (_, constant) = GAMES
-            .iter()
-            .find(|(package, _)| *package == module.package)
-            .expect("the builder returns the packages it was given");
-        let path = out_dir.join(format!("{}.wasm", module.package));
-        write(&path, &module.component);
-        rust.push_str(&format!(
-            "/// `games/{package}`, built into a component.\n\
-             pub const {constant}: Component = Component {{ name: {package:?}, path: {path:?}, bytes: include_bytes!({path:?}) }};\n",
-            package = module.package,
-            path = path.display().to_string(),
-        ));
+    // One cargo run per feature set (one cargo run builds a package once);
+    // they share the target directory, so only the game itself rebuilds.
+    let mut feature_sets: Vec<&[&str]> = GAMES.iter().map(|(_, f, _)| *f).collect();
+    feature_sets.dedup();
+    for features in feature_sets {
+        let games: Vec<_> = GAMES.iter().filter(|(_, f, _)| *f == features).collect();
+        let build = baton_module::Build {
+            packages: games
+                .iter()
+                .map(|(package, _, _)| (*package).to_owned())
+                .collect(),
+            features: features.iter().map(|f| (*f).to_owned()).collect(),
+            target_dir: Some(target_dir.clone()),
+            ..baton_module::Build::new(root.join("Cargo.toml"))
+        };
+        let built = match build.run() {
+            Ok(built) => built,
+            Err(e) => {
+                println!("cargo::error=building the games in games/ failed: {e}");
+                std::process::exit(1);
+            }
+        };
+        for module in &built {
+            let (package, _, constant) = games
+                .iter()
+                .find(|(package, _, _)| *package == module.package)
+                .expect("the builder returns the packages it was given");
+            let file = match features {
+                [] => package.to_string(),
+                _ => format!("{package}-{}", features.join("-")),
+            };
+            let path = out_dir.join(format!("{file}.wasm"));
+            write(&path, &module.component);
+            rust.push_str(&format!(
+                "/// `games/{package}` (features: {features:?}), built into a component.\n\
+                 pub const {constant}: Component = Component {{ name: {file:?}, path: {path:?}, bytes: include_bytes!({path:?}) }};\n",
+                path = path.display().to_string(),
+            ));
+        }
     }
-    let all: Vec<&str> = GAMES.iter().map(|(_, c)| *c).collect();
+    let all: Vec<&str> = GAMES.iter().map(|(_, _, c)| *c).collect();
     rust.push_str(&format!(
         "/// Every module built.\npub const ALL: &[Component] = &[{}];\n",
         all.join(", ")

@@ -5,6 +5,8 @@
 //! - [`CONNECT_FOUR`]: the small second game.
 //! - [`MISBEHAVE`]: rules that loop, hog memory, panic, overflow the stack or
 //!   flood events on request, for sandbox tests.
+//! - [`MINOTAUR_V2`]: minotaur 2.0.0 (state schema 2, migrates from 1), and
+//!   [`MINOTAUR_V2_BROKEN`], whose migration fails on purpose: for upgrades.
 #![warn(missing_docs)]
 
 /// A built rule component.

@@ -17,10 +17,22 @@
 //!
 //! Actions: `{"type": "move", "dq": 1, "dr": 0}`,
 //! `{"type": "attack", "target": "bob"}`.
+//!
+//! # Version 2 (feature `v2`)
+//!
+//! Version 2.0.0 renames `attack` to `strike` and counts the strikes each
+//! fighter landed (`strikes`, in views too). Its state schema is 2; a
+//! session saved by version 1 (schema 1) is migrated by
+//! [`Game::migrate`]: registered attacks become strikes, and `strikes`
+//! starts at 0. Feature `v2-broken` builds 2.0.0-broken, whose migration
+//! fails on purpose, to show that a failed upgrade leaves sessions as they
+//! were.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use baton_sdk::{Ctx, Game, PlayerId, Rejection, Setup, Status, Viewer, ensure, export_game};
+use baton_sdk::{
+    Ctx, Game, MigrateError, PlayerId, Rejection, Saved, Setup, Status, Viewer, ensure, export_game,
+};
 use serde::{Deserialize, Serialize};
 
 /// A cell of the board in axial coordinates.
@@ -103,7 +115,8 @@ pub enum Action {
         /// Step in `r`.
         dr: i32,
     },
-    /// Take a hit point from an adjacent player.
+    /// Take a hit point from an adjacent player (`strike` from version 2).
+    #[cfg_attr(feature = "v2", serde(rename = "strike"))]
     Attack {
         /// Who.
         target: PlayerId,
@@ -123,6 +136,10 @@ pub struct Fighter {
     pub hp: u32,
     /// What they registered this round, hidden from others until resolved.
     pub registered: Option<Action>,
+    /// Hits landed on others (version 2; 0 for a session migrated from 1).
+    #[cfg(feature = "v2")]
+    #[serde(default)]
+    pub strikes: u32,
 }
 
 impl Fighter {
@@ -259,13 +276,23 @@ pub struct PlayerView {
     pub ready: bool,
     /// Their registered action: only in their own view.
     pub registered: Option<Action>,
+    /// Hits they landed (version 2).
+    #[cfg(feature = "v2")]
+    pub strikes: u32,
 }
 
 const MAX_RADIUS: u32 = 12;
 
 impl Game for Minotaur {
     const NAME: &'static str = "minotaur";
-    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const VERSION: &'static str = if cfg!(feature = "v2-broken") {
+        "2.0.0-broken"
+    } else if cfg!(feature = "v2") {
+        "2.0.0"
+    } else {
+        env!("CARGO_PKG_VERSION")
+    };
+    const STATE_SCHEMA: u32 = if cfg!(feature = "v2") { 2 } else { 1 };
 
     type Options = Options;
     type Action = Action;
@@ -324,6 +351,8 @@ impl Game for Minotaur {
                 pos,
                 hp: o.hit_points,
                 registered: None,
+                #[cfg(feature = "v2")]
+                strikes: 0,
             })
             .collect();
         let deadline = setup.now + o.round_ms;
@@ -424,6 +453,8 @@ impl Game for Minotaur {
                 hp: f.hp,
                 ready: f.registered.is_some(),
                 registered: f.registered.clone().filter(|_| you.as_ref() == Some(&f.id)),
+                #[cfg(feature = "v2")]
+                strikes: f.strikes,
             })
             .collect();
         View {
@@ -442,6 +473,44 @@ impl Game for Minotaur {
             None => Status::Running,
         }
     }
+
+    fn migrate(from_schema: u32, saved: Saved) -> Result<Self, MigrateError> {
+        migrate(from_schema, saved)
+    }
+}
+
+/// Version 1 knows no older schema.
+#[cfg(not(feature = "v2"))]
+fn migrate(from_schema: u32, saved: Saved) -> Result<Minotaur, MigrateError> {
+    Err(saved.unsupported(from_schema))
+}
+
+/// Schema 1 to 2: a registered `attack` is now a `strike`, and `strikes`
+/// starts at 0 (its serde default).
+#[cfg(all(feature = "v2", not(feature = "v2-broken")))]
+fn migrate(from_schema: u32, saved: Saved) -> Result<Minotaur, MigrateError> {
+    if from_schema != 1 {
+        return Err(saved.unsupported(from_schema));
+    }
+    let mut state = saved.into_json();
+    if let Some(fighters) = state["fighters"].as_array_mut() {
+        for fighter in fighters {
+            let registered = &mut fighter["registered"];
+            if registered["type"] == "attack" {
+                registered["type"] = "strike".into();
+            }
+        }
+    }
+    serde_json::from_value(state)
+        .map_err(|e| MigrateError::new(format!("a schema-1 state did not migrate: {e}")))
+}
+
+/// The deliberately broken migration of 2.0.0-broken.
+#[cfg(feature = "v2-broken")]
+fn migrate(from_schema: u32, _: Saved) -> Result<Minotaur, MigrateError> {
+    Err(MigrateError::new(format!(
+        "minotaur 2.0.0-broken cannot migrate from schema {from_schema}: broken on purpose"
+    )))
 }
 
 export_game!(Minotaur);
@@ -482,6 +551,12 @@ impl Minotaur {
             {
                 damage[t] += 1;
                 effects[i] = Effect::Hit { hp_left: 0 };
+            }
+        }
+        #[cfg(feature = "v2")]
+        for (f, effect) in self.fighters.iter_mut().zip(&effects) {
+            if matches!(effect, Effect::Hit { .. }) {
+                f.strikes += 1;
             }
         }
         let mut eliminated = Vec::new();

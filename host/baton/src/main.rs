@@ -72,6 +72,9 @@ enum ModuleCommand {
         /// The package to build, if the manifest is a workspace.
         #[arg(short, long)]
         package: Option<String>,
+        /// Cargo features to turn on (comma-separated, or repeated).
+        #[arg(short = 'F', long, value_delimiter = ',')]
+        features: Vec<String>,
         /// Cargo's target directory [default: cargo's].
         #[arg(long)]
         target_dir: Option<PathBuf>,
@@ -110,8 +113,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             path,
             out,
             package,
+            features,
             target_dir,
-        }) => module_cmd::build(&path, out, package, target_dir),
+        }) => module_cmd::build(&path, out, package, features, target_dir),
         Command::Module(ModuleCommand::Inspect { file, json }) => module_cmd::inspect(&file, json),
         Command::Serve(args) => serve::run(args),
         Command::Module(ModuleCommand::Publish { file }) => {

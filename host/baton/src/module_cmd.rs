@@ -8,6 +8,7 @@ pub(crate) fn build(
     path: &Path,
     out: Option<PathBuf>,
     package: Option<String>,
+    features: Vec<String>,
     target_dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let manifest = if path.is_dir() {
@@ -20,6 +21,7 @@ pub(crate) fn build(
     }
     let build = baton_module::Build {
         packages: package.into_iter().collect(),
+        features,
         target_dir,
         ..baton_module::Build::new(&manifest)
     };

@@ -20,6 +20,8 @@ pub struct Build {
     pub manifest_path: PathBuf,
     /// Packages to build; empty means the manifest's own package.
     pub packages: Vec<String>,
+    /// Cargo features to turn on (`--features`).
+    pub features: Vec<String>,
     /// Where cargo puts its output; cargo's default if `None`.
     pub target_dir: Option<PathBuf>,
     /// Guest stack size in bytes.
@@ -103,6 +105,7 @@ impl Build {
         Build {
             manifest_path: manifest_path.into(),
             packages: Vec::new(),
+            features: Vec::new(),
             target_dir: None,
             stack_size: STACK_SIZE,
             locked: false,
@@ -185,6 +188,9 @@ impl Build {
             .args(["--config", "profile.release.debug=0"]);
         for package in &self.packages {
             cmd.args(["--package", package]);
+        }
+        if !self.features.is_empty() {
+            cmd.args(["--features", &self.features.join(",")]);
         }
         if let Some(dir) = &self.target_dir {
             cmd.arg("--target-dir").arg(dir);

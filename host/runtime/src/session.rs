@@ -1034,6 +1034,29 @@ impl Session {
             other => Err(unexpected(other)),
         }
     }
+
+    /// `save`: the state in the portable form of the module's state schema.
+    pub fn save(&mut self) -> Result<Result<Vec<u8>, String>, CallError> {
+        let clock = self.now;
+        match self.call(Call::Save, clock)?.0 {
+            Reply::Saved(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// `load` of `bytes` saved with state schema `from_schema` (migrated by
+    /// the rules if older) into this fresh session; the next tick time.
+    pub fn load(
+        &mut self,
+        from_schema: u32,
+        bytes: Vec<u8>,
+    ) -> Result<Result<Option<u64>, String>, CallError> {
+        let clock = self.now;
+        match self.call(Call::Load { from_schema, bytes }, clock)?.0 {
+            Reply::Loaded(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
 }
 
 fn unexpected(reply: Reply) -> CallError {

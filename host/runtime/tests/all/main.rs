@@ -3,6 +3,7 @@
 mod support;
 
 mod loading;
+mod migration;
 mod sandbox;
 mod smoke;
 mod snapshots;

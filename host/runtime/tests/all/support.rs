@@ -26,6 +26,17 @@ pub(crate) fn connect_four() -> Arc<RuleModule> {
     M.get_or_init(|| load(&baton_games::CONNECT_FOUR)).clone()
 }
 
+pub(crate) fn minotaur_v2() -> Arc<RuleModule> {
+    static M: OnceLock<Arc<RuleModule>> = OnceLock::new();
+    M.get_or_init(|| load(&baton_games::MINOTAUR_V2)).clone()
+}
+
+pub(crate) fn minotaur_v2_broken() -> Arc<RuleModule> {
+    static M: OnceLock<Arc<RuleModule>> = OnceLock::new();
+    M.get_or_init(|| load(&baton_games::MINOTAUR_V2_BROKEN))
+        .clone()
+}
+
 pub(crate) fn misbehave() -> Arc<RuleModule> {
     static M: OnceLock<Arc<RuleModule>> = OnceLock::new();
     M.get_or_init(|| load(&baton_games::MISBEHAVE)).clone()
