@@ -574,14 +574,6 @@ impl ClusterNode {
         &self.id
     }
 
-    /// A copy of what the store must hold now (the simulation's disk).
-    pub fn durable(&self) -> Durable {
-        Durable {
-            records: self.records.entries(),
-            ..self.durable.clone()
-        }
-    }
-
     /// `session`'s journal here.
     pub fn journal(&self, session: &str) -> Option<&[JournalEntry]> {
         self.durable.journals.get(session).map(Vec::as_slice)

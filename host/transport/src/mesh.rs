@@ -914,9 +914,7 @@ impl Driver {
             } => {
                 let journal = self
                     .node
-                    .durable()
-                    .journals
-                    .get(&session)
+                    .journal(&session)
                     .and_then(|j| j.get(usize::try_from(from).ok()?..))
                     .map(<[JournalEntry]>::to_vec)
                     .unwrap_or_default();
