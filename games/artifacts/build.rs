@@ -37,8 +37,12 @@ fn main() {
     let mut rust = String::new();
     // One cargo run per feature set (one cargo run builds a package once);
     // they share the target directory, so only the game itself rebuilds.
-    let mut feature_sets: Vec<&[&str]> = GAMES.iter().map(|(_, f, _)| *f).collect();
-    feature_sets.dedup();
+    let mut feature_sets: Vec<&[&str]> = Vec::new();
+    for (_, features, _) in GAMES {
+        if !feature_sets.contains(features) {
+            feature_sets.push(features);
+        }
+    }
     for features in feature_sets {
         let games: Vec<_> = GAMES.iter().filter(|(_, f, _)| *f == features).collect();
         let build = baton_module::Build {

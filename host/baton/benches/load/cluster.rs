@@ -30,6 +30,25 @@ const NAMES: [&str; 3] = ["node-a", "node-b", "node-c"];
 /// How many ~2 MiB sessions the big-state workload runs.
 const BIG_SESSIONS: usize = 4;
 
+/// What both cluster benchmarks measure, with labels: `sessions` minotaur
+/// sessions, and a few ~2 MiB ones.
+pub(super) fn workloads(sessions: usize) -> [(Workload, usize, String); 2] {
+    [
+        (
+            Workload::Minotaur,
+            sessions,
+            format!("minotaur, {sessions} sessions of 2 players"),
+        ),
+        (
+            Workload::Ballast(2 << 20),
+            BIG_SESSIONS,
+            format!(
+                "~2 MiB sessions (misbehave, 2 MiB of random state), {BIG_SESSIONS} of 1 player"
+            ),
+        ),
+    ]
+}
+
 fn start(root: &Path, name: &str, port: u16, seed: Option<u16>, mode: &str) -> Server {
     // Players act as fast as they are acknowledged: no per-connection cap.
     let config = root.join(format!("{mode}-{name}.toml"));
@@ -291,20 +310,7 @@ pub(super) fn run_benchmark() {
     println!(
         "replication benchmark: 3 nodes on loopback, players acting on acknowledgement, {seconds} s per run"
     );
-    for (workload, sessions, label) in [
-        (
-            Workload::Minotaur,
-            sessions,
-            format!("minotaur, {sessions} sessions of 2 players"),
-        ),
-        (
-            Workload::Ballast(2 << 20),
-            BIG_SESSIONS,
-            format!(
-                "~2 MiB sessions (misbehave, 2 MiB of random state), {BIG_SESSIONS} of 1 player"
-            ),
-        ),
-    ] {
+    for (workload, sessions, label) in workloads(sessions) {
         println!("  {label}");
         let mut runs = Vec::new();
         for mode in ["local", "replicated"] {

@@ -43,7 +43,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::cluster::{Workload, free_udp_port, make_certs, publish};
+use super::cluster::{Workload, free_udp_port, make_certs, publish, workloads};
 use super::{Moves, Server, http};
 
 const TOKEN: &str = "bench";
@@ -502,18 +502,7 @@ pub(super) fn run_benchmark() {
     println!(
         "cutover benchmark: node-a hands every session to node-c on SIGTERM; players act on acknowledgement through node-b"
     );
-    for (workload, n, label) in [
-        (
-            Workload::Minotaur,
-            sessions,
-            format!("minotaur, {sessions} sessions of 2 players"),
-        ),
-        (
-            Workload::Ballast(2 << 20),
-            4,
-            "~2 MiB sessions (misbehave, 2 MiB of random state), 4 of 1 player".to_owned(),
-        ),
-    ] {
+    for (workload, n, label) in workloads(sessions) {
         let mut cluster = Cluster::start(Path::new(&parent));
         if let Workload::Ballast(_) = workload {
             publish(cluster.a.addr, baton_games::MISBEHAVE.bytes);
