@@ -63,17 +63,27 @@ impl<V: PartialEq> Tracked<V> {
         old
     }
 
-    /// `session`'s value to change in place (counted as a change).
-    pub fn get_mut(&mut self, session: &str) -> Option<&mut V> {
-        let value = self.map.get_mut(session)?;
-        self.changed.insert(session.to_owned());
-        Some(value)
+    /// Changes `session`'s value, if it has one; a change only if `f`
+    /// altered it (a no-op update writes no row).
+    pub fn update(&mut self, session: &str, f: impl FnOnce(&mut V))
+    where
+        V: Clone,
+    {
+        if let Some(value) = self.map.get_mut(session) {
+            let before = value.clone();
+            f(value);
+            if *value != before {
+                self.changed.insert(session.to_owned());
+            }
+        }
     }
 
-    /// `session`'s value, inserted with `make` if absent (counted as a change).
-    pub fn get_or_insert_with(&mut self, session: &str, make: impl FnOnce() -> V) -> &mut V {
-        self.changed.insert(session.to_owned());
-        self.map.entry(session.to_owned()).or_insert_with(make)
+    /// Gives `session` the value `make` returns, unless it has one.
+    pub fn insert_if_absent(&mut self, session: &str, make: impl FnOnce() -> V) {
+        if !self.map.contains_key(session) {
+            self.changed.insert(session.to_owned());
+            self.map.insert(session.to_owned(), make());
+        }
     }
 
     fn take_changed(&mut self) -> BTreeSet<String> {

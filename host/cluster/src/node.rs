@@ -1157,9 +1157,7 @@ impl ClusterNode {
                 self.roles.remove(&session);
                 self.handing.remove(&session);
                 self.durable.complete.remove(&session);
-                if let Some(h) = self.durable.handed.get_mut(&session) {
-                    h.done = true;
-                }
+                self.durable.handed.update(&session, |h| h.done = true);
                 self.raise_epoch(&session, epoch);
             }
             Message::TransferAck { session, epoch } => {
@@ -1875,7 +1873,7 @@ impl ClusterNode {
         };
         // From here on the old owner gets no acknowledgements, so the journal
         // passed on is the whole acknowledged one.
-        self.durable.handed.get_or_insert_with(session, || Handed {
+        self.durable.handed.insert_if_absent(session, || Handed {
             served: epoch,
             ..Handed::default()
         });
@@ -1896,9 +1894,9 @@ impl ClusterNode {
             return;
         }
         // A transfer going out may land: from here there is no turning back.
-        if let Some(h) = self.durable.handed.get_mut(session) {
-            h.offered = h.offered.max(handing.epoch);
-        }
+        self.durable
+            .handed
+            .update(session, |h| h.offered = h.offered.max(handing.epoch));
         if let Some(record) = self.record(session).cloned() {
             self.send(
                 handing.to,
