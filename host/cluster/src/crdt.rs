@@ -60,6 +60,9 @@ struct Slot<V> {
 #[derive(Clone, Debug)]
 pub struct DeltaMap<K, V, P = String> {
     slots: BTreeMap<K, Slot<V>>,
+    /// Each key under the counter of its last change: a delta interval is a
+    /// range of it, not a scan of every slot.
+    by_change: BTreeMap<u64, K>,
     counter: u64,
     acked: BTreeMap<P, u64>,
 }
@@ -75,6 +78,7 @@ impl<K: Ord + Clone, V: Ord + Clone, P: Ord + Clone> DeltaMap<K, V, P> {
     pub fn new() -> Self {
         DeltaMap {
             slots: BTreeMap::new(),
+            by_change: BTreeMap::new(),
             counter: 0,
             acked: BTreeMap::new(),
         }
@@ -142,6 +146,10 @@ impl<K: Ord + Clone, V: Ord + Clone, P: Ord + Clone> DeltaMap<K, V, P> {
             self.counter += 1;
             let removed_at = entry.value.is_none().then_some(now);
             changed.insert(key.clone(), entry.clone());
+            if let Some(old) = self.slots.get(&key) {
+                self.by_change.remove(&old.changed);
+            }
+            self.by_change.insert(self.counter, key.clone());
             self.slots.insert(
                 key,
                 Slot {
@@ -185,10 +193,9 @@ impl<K: Ord + Clone, V: Ord + Clone, P: Ord + Clone> DeltaMap<K, V, P> {
         if n >= self.counter {
             return Delta::new();
         }
-        self.slots
-            .iter()
-            .filter(|(_, s)| s.changed > n)
-            .map(|(k, s)| (k.clone(), s.entry.clone()))
+        self.by_change
+            .range(n + 1..)
+            .filter_map(|(_, k)| Some((k.clone(), self.slots.get(k)?.entry.clone())))
             .collect()
     }
 
@@ -205,9 +212,16 @@ impl<K: Ord + Clone, V: Ord + Clone, P: Ord + Clone> DeltaMap<K, V, P> {
     pub fn gc(&mut self, now: u64, ttl: u64) -> usize {
         let floor = self.acked.values().copied().min().unwrap_or(self.counter);
         let before = self.slots.len();
-        self.slots.retain(|_, s| match s.removed_at {
-            Some(at) => !(s.changed <= floor && now.saturating_sub(at) >= ttl),
-            None => true,
+        let by_change = &mut self.by_change;
+        self.slots.retain(|_, s| {
+            let keep = match s.removed_at {
+                Some(at) => !(s.changed <= floor && now.saturating_sub(at) >= ttl),
+                None => true,
+            };
+            if !keep {
+                by_change.remove(&s.changed);
+            }
+            keep
         });
         before - self.slots.len()
     }
