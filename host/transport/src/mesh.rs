@@ -1081,7 +1081,7 @@ impl Driver {
     /// any state change not yet written, or (for an acknowledgement that
     /// promises a durable copy) its session's journal writes.
     fn route(&mut self, to: NodeId, message: Message) {
-        if self.state.pending() || !self.state.held.is_empty() {
+        if !carries_no_decision(&message) && (self.state.pending() || !self.state.held.is_empty()) {
             self.state.hold(to, message);
             return;
         }
@@ -1379,6 +1379,18 @@ impl Driver {
         self.links
             .retain(|_, link| link.connection.close_reason().is_none());
     }
+}
+
+/// Whether `message` says nothing a peer could rely on after this node
+/// forgot it in a crash: liveness and load (a restarted node is a new boot,
+/// which peers sync from scratch), an ack of records received, a client's
+/// action. Those never wait for state writes, so that a node busy writing
+/// (a drain of many sessions) is not taken for dead.
+fn carries_no_decision(message: &Message) -> bool {
+    matches!(
+        message,
+        Message::Heartbeat(_) | Message::DeltaAck { .. } | Message::Act { .. }
+    )
 }
 
 /// The session an acknowledgement that promises a durable copy is about.
