@@ -261,15 +261,25 @@ pub(crate) async fn relay(
         };
         let opened = tokio::time::timeout(OPEN_WAIT, opened).await;
         let mut pipe = match opened {
-            Ok(Ok(streams)) => streams,
-            Ok(Err(e)) => return close_with(socket, close::MOVED, &e.to_string()).await,
-            Err(_) => {
-                return close_with(
-                    socket,
-                    close::MOVED,
-                    "the session's node does not answer; reconnect with your last position",
-                )
-                .await;
+            Ok(Ok(pipe)) => pipe,
+            // The owner is gone or going: follow the session to the node
+            // that takes it over, if one does in time.
+            failed => {
+                match new_owner(&app, &id, &owner).await {
+                    Some(to) => {
+                        tracing::debug!(session = %id, from = %owner, %to, "a relay follows the session past an owner that does not answer");
+                        owner = to;
+                        rejoin = resume.joined;
+                        continue;
+                    }
+                    None => {
+                        let reason = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "the session's node does not answer; reconnect with your last position".into(),
+                    };
+                        return close_with(socket, close::MOVED, &reason).await;
+                    }
+                }
             }
         };
         let mut rejoined = rejoin && resume.answered;
@@ -309,6 +319,10 @@ pub(crate) async fn relay(
                             }
                         }
                         Some(Relayed::Moved { to }) => break Some(to),
+                        // The owner is shutting down with the session still
+                        // there (its drain deadline expired): the session
+                        // fails over, and the player follows it.
+                        Some(Relayed::Close { code: close::GOING_AWAY, .. }) => break None,
                         Some(Relayed::Close { code, reason }) => return close_with(socket, code, &reason).await,
                         None => break None,
                     }

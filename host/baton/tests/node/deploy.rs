@@ -614,7 +614,9 @@ async fn a_drain_deadline_expiring_exits_1_and_sessions_fail_over() {
         "drain deadline expired with sessions left: node-3 exited 1, every session live again within {:.0} ms",
         live[live.len() - 1]
     );
-    let played = load.played(2).await;
+    // A bot on node-3 itself reconnects once; relayed ones follow the
+    // session to its new owner without a reconnect.
+    let played = load.played(1).await;
     load.assert_acks_kept(&played);
 }
 
