@@ -11,6 +11,7 @@ const GAMES: &[(&str, &[&str], &str)] = &[
     ("misbehave", &[], "MISBEHAVE"),
     ("minotaur", &["v2"], "MINOTAUR_V2"),
     ("minotaur", &["v2-broken"], "MINOTAUR_V2_BROKEN"),
+    ("minotaur", &["v2-trap"], "MINOTAUR_V2_TRAP"),
 ];
 
 fn main() {

@@ -26,7 +26,8 @@
 //! [`Game::migrate`]: registered attacks become strikes, and `strikes`
 //! starts at 0. Feature `v2-broken` builds 2.0.0-broken, whose migration
 //! fails on purpose, to show that a failed upgrade leaves sessions as they
-//! were.
+//! were; `v2-trap` builds 2.0.0-trap, which migrates but traps on every
+//! action, to show that a session goes back to the version it came from.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -287,6 +288,8 @@ impl Game for Minotaur {
     const NAME: &'static str = "minotaur";
     const VERSION: &'static str = if cfg!(feature = "v2-broken") {
         "2.0.0-broken"
+    } else if cfg!(feature = "v2-trap") {
+        "2.0.0-trap"
     } else if cfg!(feature = "v2") {
         "2.0.0"
     } else {
@@ -377,6 +380,9 @@ impl Game for Minotaur {
         action: Action,
         ctx: &mut Ctx<'_, Event>,
     ) -> Result<(), Rejection> {
+        if cfg!(feature = "v2-trap") {
+            panic!("minotaur 2.0.0-trap fails every action: broken on purpose");
+        }
         let me = self.fighter(player)?;
         ensure(me.standing(), "you have been eliminated")?;
         ensure(

@@ -50,6 +50,33 @@ pub enum Call {
         /// The saved session.
         bytes: Vec<u8>,
     },
+    /// The session moves onto another version of its rules: an upgrade,
+    /// or the way back from one (see [`Switch`]).
+    Switch(Switch),
+}
+
+/// A session moving onto a fresh instance of another module: `load` of
+/// `bytes` (what the old instance's `save` returned, or what it returned
+/// before an upgrade that is being rolled back) with the rules' `migrate`,
+/// then a `view` for each of `viewers` to check that the new version can
+/// show the game. Nothing of the old instance is needed to replay it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switch {
+    /// The SHA-256 of the new module's component.
+    pub module: [u8; 32],
+    /// The state schema the bytes were saved with.
+    pub from_schema: u32,
+    /// The saved session.
+    pub bytes: Vec<u8>,
+    /// Who must be able to see the game afterwards.
+    pub viewers: Vec<Viewer>,
+}
+
+impl Switch {
+    /// The new module's identity.
+    pub fn module_hash(&self) -> crate::ModuleHash {
+        crate::ModuleHash(self.module)
+    }
 }
 
 impl Call {
@@ -64,6 +91,7 @@ impl Call {
             Call::Status => "status",
             Call::Save => "save",
             Call::Load { .. } => "load",
+            Call::Switch(_) => "switch",
         }
     }
 }
@@ -85,6 +113,8 @@ pub enum Reply {
     Saved(Result<Vec<u8>, String>),
     /// From `load`.
     Loaded(Result<Option<u64>, String>),
+    /// From a [`Switch`] that happened: the next tick time.
+    Switched(Option<u64>),
 }
 
 impl Reply {
@@ -103,7 +133,7 @@ impl Reply {
             Reply::Status(Status::Running) => 0,
             Reply::Saved(Ok(b)) => b.len(),
             Reply::Saved(Err(s)) | Reply::Loaded(Err(s)) => s.len(),
-            Reply::Loaded(Ok(_)) => 0,
+            Reply::Loaded(Ok(_)) | Reply::Switched(_) => 0,
         }
     }
 
@@ -111,7 +141,7 @@ impl Reply {
     pub fn next_tick(&self) -> Option<Option<u64>> {
         match self {
             Reply::Outcome(Ok(o)) | Reply::Ticked(o) => Some(o.next_tick),
-            Reply::Loaded(Ok(next)) => Some(*next),
+            Reply::Loaded(Ok(next)) | Reply::Switched(next) => Some(*next),
             _ => None,
         }
     }

@@ -37,6 +37,6 @@ mod session;
 pub use baton_snapshot as snapshot;
 pub use baton_snapshot::{Delta, Image, SnapshotError};
 pub use engine::{Runtime, RuntimeConfig, RuntimeError};
-pub use journal::{Call, JournalEntry, Reply};
+pub use journal::{Call, JournalEntry, Reply, Switch};
 pub use module::{LoadError, ModuleHash, RuleModule};
-pub use session::{CallError, Limits, RestoreError, Session};
+pub use session::{CallError, Limits, RestoreError, Session, SwitchError};

@@ -11,7 +11,7 @@ use wasmtime::{ResourceLimiter, Store, Trap};
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::bindings::{Rules, game};
-use crate::journal::{Call, JournalEntry, Reply};
+use crate::journal::{Call, JournalEntry, Reply, Switch};
 use crate::module::{Fresh, MemoryAccess, ModuleHash, RuleModule};
 use baton_snapshot::{Delta, Image, MemoryDelta, MemoryImage, PAGE, SnapshotError};
 
@@ -115,6 +115,19 @@ pub enum CallError {
     /// Anything else the host ran into.
     #[error("host error: {0}")]
     Host(String),
+}
+
+/// Why a [`Session::switch`] did not happen. The session is as it was.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SwitchError {
+    /// The new version could not take the session over (its migration
+    /// refused the state, it trapped loading it, or a view failed): the
+    /// reason, for the operator.
+    #[error("{0}")]
+    NewVersion(String),
+    /// The session itself could not be switched.
+    #[error(transparent)]
+    Session(#[from] CallError),
 }
 
 /// Why a snapshot could not be restored.
@@ -306,6 +319,11 @@ impl Live {
             Call::Load { from_schema, bytes } => game
                 .call_load(store, *from_schema, bytes)
                 .map(Reply::Loaded),
+            Call::Switch(_) => {
+                return Err(host(
+                    "a switch moves a session to a new instance; it is not a call into one",
+                ));
+            }
         };
         let reply = reply.map_err(|e| self.classify(e, limits))?;
         let size = reply.size();
@@ -749,9 +767,137 @@ impl Session {
     }
 
     /// Applies a journal entry, e.g. when replaying a journal after a
-    /// restore. The entry must be the session's next.
+    /// restore. The entry must be the session's next. A [`Call::Switch`]
+    /// needs its module: see [`Session::replay_with`].
     pub fn replay(&mut self, entry: &JournalEntry) -> Result<Reply, CallError> {
-        self.apply(entry)
+        self.replay_with(entry, |_| None)
+    }
+
+    /// [`Session::replay`], with `modules` to find the module a
+    /// [`Call::Switch`] moves the session onto. A journaled switch
+    /// happened, so one that fails on replay is a host error.
+    pub fn replay_with(
+        &mut self,
+        entry: &JournalEntry,
+        modules: impl FnOnce(&ModuleHash) -> Option<Arc<RuleModule>>,
+    ) -> Result<Reply, CallError> {
+        let Call::Switch(switch) = &entry.call else {
+            return self.apply(entry);
+        };
+        let hash = switch.module_hash();
+        let module = modules(&hash).ok_or_else(|| {
+            host(format!(
+                "journal entry {} switches the session to module {hash}, which is not at hand",
+                entry.position
+            ))
+        })?;
+        self.switch_to(entry, module).map_err(|e| match e {
+            SwitchError::Session(e) => e,
+            SwitchError::NewVersion(reason) => host(format!(
+                "journal entry {} switched the session, which fails on replay: {reason}",
+                entry.position
+            )),
+        })
+    }
+
+    /// Moves the session onto a fresh instance of `to` (an upgrade, or the
+    /// way back from one): `load` of `bytes`, saved with schema
+    /// `from_schema`, then a `view` for each of `viewers`, all first in a
+    /// shadow instance. Only if every step succeeds does the session switch
+    /// to it, at its next position; else it stays exactly as it was, on
+    /// its module, and the error says why.
+    ///
+    /// Afterwards the session has no capture to take a delta against: the
+    /// next checkpoint must travel whole.
+    pub fn switch(
+        &mut self,
+        to: Arc<RuleModule>,
+        from_schema: u32,
+        bytes: Vec<u8>,
+        viewers: Vec<Viewer>,
+        clock: u64,
+    ) -> Result<(Reply, JournalEntry), SwitchError> {
+        let entry = JournalEntry {
+            position: self.position,
+            now: self.now.max(clock),
+            call: Call::Switch(Switch {
+                module: to.hash().0,
+                from_schema,
+                bytes,
+                viewers,
+            }),
+        };
+        let reply = self.switch_to(&entry, to)?;
+        Ok((reply, entry))
+    }
+
+    fn switch_to(
+        &mut self,
+        entry: &JournalEntry,
+        to: Arc<RuleModule>,
+    ) -> Result<Reply, SwitchError> {
+        self.live()?;
+        if entry.position != self.position {
+            return Err(CallError::OutOfOrder {
+                entry: entry.position,
+                position: self.position,
+            }
+            .into());
+        }
+        let Call::Switch(switch) = &entry.call else {
+            return Err(host("not a switch").into());
+        };
+        if to.hash() != switch.module_hash() {
+            return Err(host(format!(
+                "the switch names module {}, not {}",
+                switch.module_hash(),
+                to.hash()
+            ))
+            .into());
+        }
+        let name = to.name_version();
+        // The steps the new instance runs, kept as its rollback journal.
+        let step = |call| JournalEntry {
+            position: entry.position,
+            now: entry.now,
+            call,
+        };
+        let mut steps = vec![step(Call::Load {
+            from_schema: switch.from_schema,
+            bytes: switch.bytes.clone(),
+        })];
+        steps.extend(switch.viewers.iter().cloned().map(|v| step(Call::View(v))));
+        let mut shadow = Live::instantiate(&to, &self.limits)?;
+        let mut next_tick = None;
+        for step in &steps {
+            let refused = |why: String| SwitchError::NewVersion(format!("{name} {why}"));
+            match (&step.call, shadow.run(&to, &self.limits, step)) {
+                (_, Ok(Reply::Loaded(Ok(next)))) => next_tick = next,
+                (_, Ok(Reply::Loaded(Err(reason)))) => {
+                    return Err(refused(format!("refused the saved state: {reason}")));
+                }
+                (_, Ok(Reply::View(Ok(_)))) => {}
+                (Call::View(viewer), Ok(Reply::View(Err(reason)))) => {
+                    return Err(refused(format!(
+                        "cannot show the game to {viewer:?}: {reason}"
+                    )));
+                }
+                (call, Ok(other)) => {
+                    return Err(refused(format!("answered {} with {other:?}", call.name())));
+                }
+                (call, Err(e)) => return Err(refused(format!("failed in {}: {e}", call.name()))),
+            }
+        }
+        self.live = shadow;
+        self.hashes = to.fresh.hashes.clone();
+        self.checkpoint = Checkpoint::Encoded(to.fresh_checkpoint.clone());
+        self.since_checkpoint = steps;
+        self.module = to;
+        self.position += 1;
+        self.now = self.now.max(entry.now);
+        // Deltas are taken against the fresh instance now, as at position 0.
+        self.captured_at = 0;
+        Ok(Reply::Switched(next_tick))
     }
 
     /// The instance, unless a failed rollback left the session unusable.

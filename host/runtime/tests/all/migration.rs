@@ -2,12 +2,13 @@
 //! the Wasm modules do it: `save` on the old instance, `load` (with the
 //! rules' `migrate`) on a fresh instance of the new one.
 
-use baton_runtime::Limits;
-use baton_runtime::Session;
+use std::sync::Arc;
+
+use baton_runtime::{Call, CallError, JournalEntry, Limits, Reply, Session, SwitchError};
 use baton_sdk::wire::Viewer;
 use serde_json::Value;
 
-use crate::support::{minotaur, minotaur_v2, minotaur_v2_broken, started};
+use crate::support::{minotaur, minotaur_v2, minotaur_v2_broken, minotaur_v2_trap, started};
 
 const OPTIONS: &str =
     r#"{"radius": 3, "hit_points": 3, "positions": [{"q":0,"r":0},{"q":1,"r":0},{"q":-2,"r":0}]}"#;
@@ -128,4 +129,170 @@ fn a_newer_schema_is_refused_by_an_older_version() {
     let mut old = Session::new(minotaur(), Limits::default()).expect("a session");
     let err = old.load(2, saved).expect("no trap").expect_err("refused");
     assert!(err.contains("newer"), "{err}");
+}
+
+/// Everyone who must see the game after a switch.
+fn viewers() -> Vec<Viewer> {
+    let mut viewers: Vec<Viewer> = ["ann", "bob", "cy"]
+        .iter()
+        .map(|p| Viewer::Player((*p).into()))
+        .collect();
+    viewers.push(Viewer::Spectator);
+    viewers
+}
+
+/// [`mid_game`], with its journal.
+fn mid_game_journaled() -> (Session, Vec<JournalEntry>) {
+    let mut session = Session::new(minotaur(), Limits::default()).expect("a session");
+    let mut journal = Vec::new();
+    let mut call = |session: &mut Session, call: Call| {
+        let (reply, entry) = session.call(call, 10).expect("no trap");
+        journal.push(entry);
+        reply
+    };
+    let setup = crate::support::setup(&["ann", "bob", "cy"], OPTIONS, 7);
+    call(&mut session, Call::Start(setup));
+    for (player, action) in [
+        ("ann", r#"{"type":"attack","target":"bob"}"#),
+        ("bob", r#"{"type":"move","dq":-1,"dr":1}"#),
+        ("cy", r#"{"type":"move","dq":0,"dr":1}"#),
+        ("ann", r#"{"type":"attack","target":"bob"}"#),
+        ("cy", r#"{"type":"move","dq":0,"dr":-1}"#),
+    ] {
+        let reply = call(
+            &mut session,
+            Call::Act {
+                player: player.into(),
+                action: action.into(),
+                client_action_id: None,
+            },
+        );
+        assert!(matches!(reply, Reply::Outcome(Ok(_))), "{reply:?}");
+    }
+    (session, journal)
+}
+
+/// The old instance's `save`, journaled like any call.
+fn saved(session: &mut Session, journal: &mut Vec<JournalEntry>) -> Vec<u8> {
+    let (reply, entry) = session.call(Call::Save, 10).expect("no trap");
+    journal.push(entry);
+    match reply {
+        Reply::Saved(Ok(bytes)) => bytes,
+        other => panic!("save answered {other:?}"),
+    }
+}
+
+#[test]
+fn a_switch_is_journaled_and_a_replay_through_it_gives_the_same_bytes() {
+    let (mut session, mut journal) = mid_game_journaled();
+    let bytes = saved(&mut session, &mut journal);
+    let v2 = minotaur_v2();
+    let (reply, entry) = session
+        .switch(v2.clone(), 1, bytes, viewers(), 20)
+        .expect("the switch happens");
+    assert!(matches!(reply, Reply::Switched(Some(_))), "{reply:?}");
+    assert_eq!(entry.position, journal.len() as u64);
+    assert_eq!(session.module().hash(), v2.hash());
+    journal.push(entry);
+    // Under the new rules the migrated strike lands when the round ends.
+    let (reply, entry) = session
+        .call(
+            Call::Act {
+                player: "bob".into(),
+                action: r#"{"type":"move","dq":-1,"dr":0}"#.into(),
+                client_action_id: None,
+            },
+            30,
+        )
+        .expect("no trap");
+    assert!(matches!(reply, Reply::Outcome(Ok(_))), "{reply:?}");
+    journal.push(entry);
+    let (reply, entry) = session
+        .call(Call::View(Viewer::Spectator), 30)
+        .expect("no trap");
+    journal.push(entry);
+    let Reply::View(Ok(json)) = reply else {
+        panic!("{reply:?}")
+    };
+    let spectator: Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(spectator["players"][0]["strikes"], 1, "{spectator}");
+
+    // Without the new module at hand, a replay says what it misses.
+    let mut blind = Session::new(minotaur(), Limits::default()).expect("a session");
+    let missing = journal
+        .iter()
+        .map(|entry| blind.replay(entry))
+        .find_map(Result::err)
+        .expect("the switch cannot replay without its module");
+    assert!(missing.to_string().contains("not at hand"), "{missing}");
+
+    let mut replayed = Session::new(minotaur(), Limits::default()).expect("a session");
+    for entry in &journal {
+        replayed
+            .replay_with(entry, |hash| (*hash == v2.hash()).then(|| Arc::clone(&v2)))
+            .unwrap_or_else(|e| panic!("entry {}: {e}", entry.position));
+    }
+    assert_eq!(replayed.position(), session.position());
+    assert_eq!(replayed.module().hash(), v2.hash());
+    assert_eq!(
+        replayed.state_digest().expect("a digest"),
+        session.state_digest().expect("a digest"),
+        "the replay has the live session's bytes"
+    );
+}
+
+#[test]
+fn a_refused_switch_leaves_the_session_exactly_as_it_was() {
+    let (mut session, mut journal) = mid_game_journaled();
+    let bytes = saved(&mut session, &mut journal);
+    let digest = session.state_digest().expect("a digest");
+    let position = session.position();
+    let err = session
+        .switch(minotaur_v2_broken(), 1, bytes, viewers(), 20)
+        .expect_err("the broken version refuses");
+    match &err {
+        SwitchError::NewVersion(reason) => {
+            assert!(reason.contains("minotaur@2.0.0-broken"), "{reason}");
+            assert!(reason.contains("broken on purpose"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(session.position(), position);
+    assert_eq!(session.module().hash(), minotaur().hash());
+    assert_eq!(session.state_digest().expect("a digest"), digest);
+    session
+        .act("bob", r#"{"type":"move","dq":-1,"dr":0}"#, 20)
+        .expect("no trap")
+        .expect("the old rules play on");
+}
+
+#[test]
+fn a_version_that_traps_after_the_switch_rolls_back_in_place_and_switching_back_restores_the_game()
+{
+    let (mut session, mut journal) = mid_game_journaled();
+    let before = view(&mut session, Viewer::Spectator);
+    let bytes = saved(&mut session, &mut journal);
+    session
+        .switch(minotaur_v2_trap(), 1, bytes.clone(), viewers(), 20)
+        .expect("2.0.0-trap migrates");
+    let switched = session.state_digest().expect("a digest");
+    let err = session
+        .act("bob", r#"{"type":"move","dq":-1,"dr":0}"#, 20)
+        .expect_err("2.0.0-trap traps on every action");
+    assert!(matches!(err, CallError::Panicked { .. }), "{err}");
+    // The failed call left the new instance as the switch made it...
+    assert_eq!(session.state_digest().expect("a digest"), switched);
+    // ...and the way back is a switch to the old version with the state
+    // saved before the upgrade.
+    let (reply, _) = session
+        .switch(minotaur(), 1, bytes, viewers(), 30)
+        .expect("the old version takes its own state back");
+    assert!(matches!(reply, Reply::Switched(_)), "{reply:?}");
+    assert_eq!(session.module().hash(), minotaur().hash());
+    let after = view(&mut session, Viewer::Spectator);
+    assert_eq!(after, before, "the game as it was before the upgrade");
+    session
+        .act("bob", r#"{"type":"move","dq":-1,"dr":0}"#, 40)
+        .expect("no trap")
+        .expect("the old rules play on");
 }

@@ -37,6 +37,12 @@ pub(crate) fn minotaur_v2_broken() -> Arc<RuleModule> {
         .clone()
 }
 
+pub(crate) fn minotaur_v2_trap() -> Arc<RuleModule> {
+    static M: OnceLock<Arc<RuleModule>> = OnceLock::new();
+    M.get_or_init(|| load(&baton_games::MINOTAUR_V2_TRAP))
+        .clone()
+}
+
 pub(crate) fn misbehave() -> Arc<RuleModule> {
     static M: OnceLock<Arc<RuleModule>> = OnceLock::new();
     M.get_or_init(|| load(&baton_games::MISBEHAVE)).clone()
