@@ -63,6 +63,31 @@ pub(crate) enum SessionCommand {
         #[arg(long, env = "BATON_PLAYER_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Move live sessions to another version of their rules: one session,
+    /// or with --from every session of a module on every node (--canary
+    /// for a share of them). Each switches between two actions with its
+    /// state migrated, or stays on its version with the reason printed; a
+    /// new version that fails on trial takes the session back.
+    Upgrade {
+        /// The session to upgrade (or use --from).
+        #[arg(required_unless_present = "from", conflicts_with = "from")]
+        id: Option<String>,
+        /// The version to move to: `name@version`.
+        #[arg(long)]
+        to: String,
+        /// Every session of this module (`name@version`, or a game name for
+        /// all its versions).
+        #[arg(long)]
+        from: Option<String>,
+        /// Upgrade only this share of the sessions --from names, e.g. 0.1:
+        /// a stable choice by session id, so a larger share later keeps them.
+        #[arg(long, requires = "from")]
+        canary: Option<f64>,
+        /// When each session switches: `now` (between its next two calls)
+        /// or `next-tick` (right after its next tick, e.g. a round's end).
+        #[arg(long, default_value = "now", value_parser = ["now", "next-tick"])]
+        at: String,
+    },
     /// Download a session's snapshot and journal and replay them locally,
     /// step by step: the same rules, the same bytes as on the node.
     Replay {
@@ -123,18 +148,23 @@ pub(crate) fn run(client: &Client, command: SessionCommand) -> anyhow::Result<()
         }
         SessionCommand::List => {
             let sessions = client.admin("GET", "/v1/sessions", None)?;
+            let sessions = sessions.as_array().map(Vec::as_slice).unwrap_or_default();
             println!(
-                "{:<18} {:<22} {:>8} {:<9} {:<5} players",
-                "id", "module", "position", "status", "live"
+                "{:<18} {:<22} {:>8} {:<9} {:<5} {:<12} players",
+                "id", "module", "position", "status", "live", "upgrade"
             );
-            for s in sessions.as_array().into_iter().flatten() {
+            let mut by_version = std::collections::BTreeMap::<&str, usize>::new();
+            for s in sessions {
+                let module = s["module"].as_str().unwrap_or("");
+                *by_version.entry(module).or_default() += 1;
                 println!(
-                    "{:<18} {:<22} {:>8} {:<9} {:<5} {}",
+                    "{:<18} {:<22} {:>8} {:<9} {:<5} {:<12} {}",
                     s["id"].as_str().unwrap_or(""),
-                    s["module"].as_str().unwrap_or(""),
+                    module,
                     s["position"].as_u64().unwrap_or(0),
                     s["status"].as_str().unwrap_or(""),
                     s["live"].as_bool().unwrap_or(false),
+                    s["upgrade"]["state"].as_str().unwrap_or("-"),
                     s["players"]
                         .as_array()
                         .into_iter()
@@ -144,8 +174,20 @@ pub(crate) fn run(client: &Client, command: SessionCommand) -> anyhow::Result<()
                         .join(",")
                 );
             }
+            let versions: Vec<String> = by_version
+                .iter()
+                .map(|(module, n)| format!("{n} on {module}"))
+                .collect();
+            println!("{} sessions: {}", sessions.len(), versions.join(", "));
             Ok(())
         }
+        SessionCommand::Upgrade {
+            id,
+            to,
+            from,
+            canary,
+            at,
+        } => upgrade(client, id, to, from, canary, at),
         SessionCommand::Show { id } => {
             print_json(&client.admin("GET", &format!("/v1/sessions/{id}"), None)?)
         }
@@ -182,6 +224,42 @@ pub(crate) fn run(client: &Client, command: SessionCommand) -> anyhow::Result<()
         SessionCommand::Watch { id, token } => watch(client, &id, token),
         SessionCommand::Replay { id, steps } => replay(client, &id, steps),
     }
+}
+
+fn upgrade(
+    client: &Client,
+    id: Option<String>,
+    to: String,
+    from: Option<String>,
+    canary: Option<f64>,
+    at: String,
+) -> anyhow::Result<()> {
+    let request = json!({"session": id, "from": from, "to": to, "fraction": canary, "at": at});
+    let report = client.admin("POST", "/v1/upgrades", Some(request.to_string().as_bytes()))?;
+    for s in report["sessions"].as_array().into_iter().flatten() {
+        println!(
+            "{:<18} {:<10} {:<8} {} -> {to}{}",
+            s["session"].as_str().unwrap_or(""),
+            s["node"].as_str().unwrap_or(""),
+            s["result"].as_str().unwrap_or(""),
+            s["from"].as_str().unwrap_or(""),
+            s["reason"]
+                .as_str()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+    }
+    println!(
+        "{} moved, {} stayed, {} outside the canary",
+        report["moved"], report["stayed"], report["skipped"]
+    );
+    if let Some(nodes) = report["unreachable"].as_array().filter(|n| !n.is_empty()) {
+        bail!("some nodes could not be asked, their sessions are not counted: {nodes:?}");
+    }
+    if report["stayed"].as_u64().unwrap_or(0) > 0 {
+        bail!("not every session moved: see the reasons above");
+    }
+    Ok(())
 }
 
 /// Modules on a node.
@@ -233,26 +311,48 @@ fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 fn replay(client: &Client, id: &str, steps: bool) -> anyhow::Result<()> {
-    let session = client.admin("GET", &format!("/v1/sessions/{id}"), None)?;
-    let module_id = session["module"]
-        .as_str()
-        .context("the node named no module")?;
     let export = client.admin("GET", &format!("/v1/sessions/{id}/export"), None)?;
-    let component = client.get_bytes(&format!("/v1/modules/{module_id}/component"))?;
     let runtime = Runtime::new(RuntimeConfig {
         max_live_instances: 4,
         ..RuntimeConfig::default()
     })?;
-    let module = runtime
-        .load(&component)
-        .with_context(|| format!("loading {module_id}"))?;
-    if Some(module.hash().to_hex().as_str()) != export["module_hash"].as_str() {
-        bail!("the node served other bytes for {module_id} than the session runs");
-    }
+    // Every module the replay runs, by hash: the one it starts on and each
+    // one a switch (an upgrade, or the way back) moves to.
     let journal = export["journal"]
         .as_array()
         .map(Vec::as_slice)
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            JournalEntry::decode(&unhex(e["entry"].as_str().unwrap_or_default())?)
+                .context("a journal entry is unreadable")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let start = export["module_hash"]
+        .as_str()
+        .context("the export names no module")?
+        .to_owned();
+    let mut modules = std::collections::BTreeMap::new();
+    let wanted =
+        std::iter::once(start.clone()).chain(journal.iter().filter_map(|e| match &e.call {
+            Call::Switch(switch) => Some(switch.module_hash().to_hex()),
+            _ => None,
+        }));
+    for hash in wanted {
+        if modules.contains_key(&hash) {
+            continue;
+        }
+        let component = client.get_bytes(&format!("/v1/modules/{hash}/component"))?;
+        let module = runtime
+            .load(&component)
+            .with_context(|| format!("loading module {hash}"))?;
+        if module.hash().to_hex() != hash {
+            bail!("the node served other bytes for module {hash}");
+        }
+        modules.insert(hash, module);
+    }
+    let module = modules[&start].clone();
+    let module_id = module.name_version();
     let mut session = match export["snapshot"].as_object() {
         Some(snapshot) => {
             let bytes = unhex(snapshot["bytes"].as_str().unwrap_or_default())?;
@@ -271,11 +371,9 @@ fn replay(client: &Client, id: &str, steps: bool) -> anyhow::Result<()> {
             Session::new(module, Limits::default())?
         }
     };
-    for e in journal {
-        let entry = JournalEntry::decode(&unhex(e["entry"].as_str().unwrap_or_default())?)
-            .context("a journal entry is unreadable")?;
+    for entry in journal {
         let reply = session
-            .replay(&entry)
+            .replay_with(&entry, |hash| modules.get(&hash.to_hex()).cloned())
             .with_context(|| format!("entry {} failed to replay", entry.position))?;
         if steps {
             println!(

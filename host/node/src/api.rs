@@ -68,6 +68,7 @@ pub fn router(node: Arc<Node>, routes: Routes, shutdown: watch::Receiver<bool>) 
                 .route("/v1/sessions/{id}", get(get_session))
                 .route("/v1/sessions/{id}/export", get(export))
                 .route("/v1/sessions/{id}/replica", get(replica))
+                .route("/v1/upgrades", post(upgrade))
                 .route("/v1/cluster", get(cluster))
                 .route("/v1/cluster/nodes/{name}/evict", post(evict))
                 .layer(DefaultBodyLimit::max(max_message)),
@@ -195,6 +196,16 @@ async fn get_session(
 ) -> Result<Response, NodeError> {
     operator(&app, &headers)?;
     Ok(json(StatusCode::OK, &app.node.session(&id).await?))
+}
+
+async fn upgrade(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, NodeError> {
+    operator(&app, &headers)?;
+    let request: crate::upgrade::UpgradeRequest = parse(&body)?;
+    Ok(json(StatusCode::OK, &app.node.upgrade(request).await?))
 }
 
 async fn cluster(State(app): State<App>, headers: HeaderMap) -> Result<Response, NodeError> {
@@ -560,6 +571,11 @@ async fn answer(app: App, tunnel: baton_transport::Tunnel) -> Result<(), NodeErr
             write_frame(&mut send, &bytes).await?;
             let _ = send.finish();
         }
+        Forward::Upgrade(request) => {
+            let report = app.node.upgrade_here(request).await;
+            write_json(&mut send, &report.map_err(RemoteError::from)).await?;
+            let _ = send.finish();
+        }
         Forward::Fenced(note) => {
             app.node.note_fence(note);
             write_json(&mut send, &Ok::<(), RemoteError>(())).await?;
@@ -723,6 +739,7 @@ async fn connection(app: App, id: String, mut socket: impl Follow) {
     }
     let mut events = joined.receiver;
     let mut moved = joined.moved;
+    let mut resets = joined.resets;
     let from = joined.position;
     // Where this connection picks up if the session moves away.
     let mut resume = Resume {
@@ -824,6 +841,9 @@ async fn connection(app: App, id: String, mut socket: impl Follow) {
                 if let Location::Moved(to) = location {
                     return socket.follow(app, id, to, resume).await;
                 }
+            }
+            Ok(()) = resets.changed() => {
+                return close_with(socket, close::MOVED, "the session went back to an earlier state (an upgrade was rolled back); reconnect to see it").await;
             }
             _ = shutdown.changed() => {
                 return close_with(socket, close::GOING_AWAY, "the node is shutting down; reconnect with your last position").await;

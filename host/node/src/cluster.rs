@@ -149,6 +149,8 @@ pub(crate) enum Forward {
     Snapshot(crate::snapshots::Offered),
     /// A handoff's fence, told to its target.
     Fenced(crate::handoff::FenceNote),
+    /// Upgrade the sessions this names that run on the node asked.
+    Upgrade(crate::upgrade::UpgradeRequest),
 }
 
 /// A relayed WebSocket message.
@@ -255,6 +257,19 @@ pub(crate) async fn forward_create(
     write_json(&mut send, &forward).await?;
     let _ = send.finish();
     let answer: Result<Created, RemoteError> = read_json(&mut recv).await?;
+    answer.map_err(NodeError::from)
+}
+
+/// Asks node `to` to upgrade its sessions that `request` names.
+pub(crate) async fn forward_upgrade(
+    mesh: &Mesh,
+    to: &str,
+    request: crate::upgrade::UpgradeRequest,
+) -> Result<crate::upgrade::UpgradeReport, NodeError> {
+    let (mut send, mut recv) = mesh.open(to).await.map_err(NodeError::Unavailable)?;
+    write_json(&mut send, &Forward::Upgrade(request)).await?;
+    let _ = send.finish();
+    let answer: Result<crate::upgrade::UpgradeReport, RemoteError> = read_json(&mut recv).await?;
     answer.map_err(NodeError::from)
 }
 

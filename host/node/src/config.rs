@@ -46,6 +46,13 @@ pub struct NodeConfig {
     pub resume_window: usize,
     /// Limits for new sessions (fuel, memory, output, backstop).
     pub session_limits: Limits,
+    /// Versions new sessions start on when they name only a game, as
+    /// `name@version` (e.g. `["minotaur@1.0.0"]`); a game not listed
+    /// starts on its newest published version.
+    pub default_versions: Vec<String>,
+    /// Calls an upgraded session runs on trial: if the new version fails
+    /// one of them, the session goes back to its old version.
+    pub upgrade_trial_calls: u64,
     /// Run as one node of a cluster; alone if absent.
     pub cluster: Option<ClusterConfig>,
 }
@@ -145,6 +152,8 @@ impl Default for NodeConfig {
             snapshot_every: 64,
             resume_window: 512,
             session_limits: Limits::default(),
+            default_versions: Vec::new(),
+            upgrade_trial_calls: 100,
             cluster: None,
         }
     }

@@ -42,6 +42,7 @@ mod node;
 mod relay;
 mod snapshots;
 mod tokens;
+mod upgrade;
 mod web;
 
 use std::future::Future;

@@ -135,6 +135,12 @@ impl Metrics {
         self.observe("baton_handoff_cutover_seconds", module, None, cutover);
     }
 
+    /// A session's upgrade to module `to`: `moved`, `stayed` (the new
+    /// version could not take it) or `rolled_back` (it failed on trial).
+    pub(crate) fn upgrade(&self, to: &str, result: &'static str) {
+        self.add("baton_upgrades_total", to, Some(("result", result)), 1);
+    }
+
     /// A call the rules failed (trap, fuel, memory, output).
     pub(crate) fn rules_failed(&self, module: &str) {
         self.add("baton_rules_failures_total", module, None, 1);

@@ -139,6 +139,9 @@ pub struct SessionSummary {
     pub live: bool,
     /// Ownership epoch (1 on a single node).
     pub epoch: u64,
+    /// Its last upgrade, if it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<crate::upgrade::UpgradeState>,
     /// How it came to this node, if it was handed over or failed over here.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arrival: Option<crate::handoff::Arrival>,
@@ -174,8 +177,10 @@ impl ActOutcome {
 /// One session on this node.
 pub(crate) struct SessionCell {
     pub(crate) record: SessionRecord,
-    module: Arc<RuleModule>,
-    state: Arc<Mutex<SessionState>>,
+    /// The module the session started on: what its journal's first entry
+    /// runs (an upgrade changes [`SessionState::module`]).
+    origin: Arc<RuleModule>,
+    pub(crate) state: Arc<Mutex<SessionState>>,
     pub(crate) events: broadcast::Sender<Arc<EventBatch>>,
     ticker: Notify,
     /// Changes when the session moved to another node: its players'
@@ -186,6 +191,9 @@ pub(crate) struct SessionCell {
     /// Taken over here and no action applied yet: the next one ends the
     /// cutover (see `handoff`).
     arriving: AtomicBool,
+    /// Bumped when the session went back to an earlier state (an upgrade
+    /// rolled back): its players' connections resync.
+    pub(crate) resets: watch::Sender<u64>,
 }
 
 /// Where a session is, for the connections of its players on this node.
@@ -197,9 +205,16 @@ pub(crate) enum Location {
     Moved(Option<String>),
 }
 
-struct SessionState {
+pub(crate) struct SessionState {
     /// `None` when hibernated: the store holds it.
-    live: Option<Session>,
+    pub(crate) live: Option<Session>,
+    /// The module the session runs now.
+    pub(crate) module: Arc<RuleModule>,
+    /// An upgrade on trial: what the session goes back to if the new
+    /// version fails.
+    pub(crate) trial: Option<crate::upgrade::Trial>,
+    /// How the session's last upgrade went, for the operator.
+    pub(crate) upgrade: Option<crate::upgrade::UpgradeState>,
     position: u64,
     /// Recent event batches, for clients that reconnect.
     ring: VecDeque<Arc<EventBatch>>,
@@ -207,8 +222,8 @@ struct SessionState {
     ring_from: u64,
     /// Recent client action ids and what came of them.
     acts: ActMemory,
-    next_tick: Option<u64>,
-    status: wire::Status,
+    pub(crate) next_tick: Option<u64>,
+    pub(crate) status: wire::Status,
     since_snapshot: u64,
     last_used: Instant,
 }
@@ -329,15 +344,16 @@ fn summary(module: &RuleModule) -> ModuleSummary {
     }
 }
 
-/// Orders `1.10.0` after `1.9.0`.
-fn version_key(version: &str) -> Vec<u64> {
-    version
-        .split(['-', '+'])
-        .next()
-        .unwrap_or("")
-        .split('.')
-        .map(|p| p.parse().unwrap_or(0))
-        .collect()
+/// Orders `1.10.0` after `1.9.0`, and a pre-release (`2.0.0-rc1`) before
+/// its release, so that "the newest version" is never a pre-release
+/// while its release is there.
+fn version_key(version: &str) -> (Vec<u64>, bool) {
+    let (release, pre) = match version.split('+').next().unwrap_or("").split_once('-') {
+        Some((release, _)) => (release, true),
+        None => (version.split('+').next().unwrap_or(""), false),
+    };
+    let numbers = release.split('.').map(|p| p.parse().unwrap_or(0)).collect();
+    (numbers, !pre)
 }
 
 impl Node {
@@ -445,13 +461,15 @@ impl Node {
         Ok(())
     }
 
-    fn cell(&self, record: SessionRecord, module: Arc<RuleModule>) -> Arc<SessionCell> {
+    fn cell(&self, record: SessionRecord, origin: Arc<RuleModule>) -> Arc<SessionCell> {
         let (events, _) = broadcast::channel(self.config.resume_window.max(16));
         Arc::new(SessionCell {
             record,
-            module,
             state: Arc::new(Mutex::new(SessionState {
                 live: None,
+                module: origin.clone(),
+                trial: None,
+                upgrade: None,
                 position: 0,
                 ring: VecDeque::new(),
                 ring_from: 0,
@@ -466,6 +484,8 @@ impl Node {
             moved: watch::channel(Location::Here).0,
             shipper: Arc::default(),
             arriving: AtomicBool::new(false),
+            resets: watch::channel(0).0,
+            origin,
         })
     }
 
@@ -493,7 +513,7 @@ impl Node {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn module_by_hash(&self, hex: &str) -> Option<Arc<RuleModule>> {
+    pub(crate) fn module_by_hash(&self, hex: &str) -> Option<Arc<RuleModule>> {
         self.modules_read()
             .values()
             .find(|m| m.hash().to_hex() == hex)
@@ -593,7 +613,13 @@ impl Node {
     }
 
     /// A module's component bytes, by `name@version`.
+    /// A module's component, by `name@version` or by its hex SHA-256.
     pub fn module_component(&self, id: &str) -> Result<Vec<u8>, NodeError> {
+        if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return self
+                .module_bytes_by_hash(id)
+                .ok_or_else(|| NodeError::NotFound(format!("no module {id} is stored here")));
+        }
         let hash = self
             .modules_read()
             .get(id)
@@ -604,11 +630,23 @@ impl Node {
             .ok_or_else(|| NodeError::Internal(format!("module {id} is missing from the store")))
     }
 
-    /// `name@version`, or the newest version of `name`.
+    /// `name@version`, or for a bare `name` the version the operator pinned
+    /// (`default_versions`), else its newest.
     fn resolve(&self, wanted: &str) -> Result<Arc<RuleModule>, NodeError> {
+        let pinned = self
+            .config
+            .default_versions
+            .iter()
+            .find(|id| id.split('@').next() == Some(wanted));
+        let wanted = pinned.map_or(wanted, String::as_str);
         let modules = self.modules_read();
         if let Some(module) = modules.get(wanted) {
             return Ok(module.clone());
+        }
+        if pinned.is_some() {
+            return Err(NodeError::NotFound(format!(
+                "{wanted} is the pinned default version (default_versions), but it is not published"
+            )));
         }
         modules
             .values()
@@ -620,7 +658,7 @@ impl Node {
 
     /// [`Node::resolve`], fetching the module from the cluster first if it
     /// was published elsewhere a moment ago (before `sync_modules` got it).
-    async fn resolve_or_fetch(
+    pub(crate) async fn resolve_or_fetch(
         self: &Arc<Self>,
         wanted: &str,
     ) -> Result<Arc<RuleModule>, NodeError> {
@@ -736,7 +774,7 @@ impl Node {
             let mut state = state;
             let result = (|| {
                 let session = Session::new(
-                    cell_for_start.module.clone(),
+                    cell_for_start.origin.clone(),
                     cell_for_start.record.limits.clone(),
                 )
                 .map_err(NodeError::from_call)?;
@@ -779,6 +817,18 @@ impl Node {
         })
     }
 
+    /// Every session on this node.
+    pub(crate) fn cells(&self) -> Vec<Arc<SessionCell>> {
+        self.sessions_read().values().cloned().collect()
+    }
+
+    /// This node's name in its cluster (`local` alone).
+    pub(crate) fn name(&self) -> String {
+        self.mesh
+            .get()
+            .map_or_else(|| "local".to_owned(), |mesh| mesh.name().to_owned())
+    }
+
     pub(crate) fn cell_by_id(&self, id: &str) -> Result<Arc<SessionCell>, NodeError> {
         self.sessions_read()
             .get(id)
@@ -811,7 +861,8 @@ impl Node {
         };
         SessionSummary {
             id: cell.record.id.clone(),
-            module: cell.record.module.clone(),
+            module: module_id(&state.module),
+            upgrade: state.upgrade.clone(),
             players: cell.record.players.iter().map(|p| p.id.clone()).collect(),
             position: state.position,
             status,
@@ -860,9 +911,10 @@ impl Node {
         };
         let (state_back, applied) = self.apply_blocking(&cell, state, call).await?;
         state = state_back;
+        let module = module_id(&state.module);
         let applied = applied.inspect_err(|e| {
             if matches!(e, NodeError::RulesFailed(_)) {
-                self.metrics.rules_failed(&cell.record.module);
+                self.metrics.rules_failed(&module);
             }
         })?;
         let outcome = act_outcome(&applied);
@@ -874,8 +926,7 @@ impl Node {
             Some(ActOutcome::Accepted { .. }) => "accepted",
             _ => "rejected",
         };
-        self.metrics
-            .action(&cell.record.module, result, started.elapsed());
+        self.metrics.action(&module, result, started.elapsed());
         Ok(outcome.unwrap_or(ActOutcome::Rejected {
             seq: state.position.saturating_sub(1),
             reason: "the rules gave no answer".into(),
@@ -946,7 +997,7 @@ impl Node {
         let (state, view) = self.render_view(&cell, state, viewer).await?;
         let resync = matches!(missed, Some(None));
         Ok(Joined {
-            module: module_id(&cell.module),
+            module: module_id(&state.module),
             receiver,
             missed: missed.flatten(),
             resync,
@@ -956,11 +1007,14 @@ impl Node {
             view,
             status: state.status.clone(),
             moved: cell.moved.subscribe(),
+            resets: cell.resets.subscribe(),
         })
     }
 
-    /// Runs one call on a blocking thread with the session lock held.
-    async fn apply_blocking(
+    /// Runs one call on a blocking thread with the session lock held. A
+    /// call an upgraded session's new version fails takes the session back
+    /// to its old version first (see `upgrade`).
+    pub(crate) async fn apply_blocking(
         self: &Arc<Self>,
         cell: &Arc<SessionCell>,
         state: tokio::sync::OwnedMutexGuard<SessionState>,
@@ -973,20 +1027,41 @@ impl Node {
         NodeError,
     > {
         let node = self.clone();
-        let cell = cell.clone();
-        tokio::task::spawn_blocking(move || {
+        let on = cell.clone();
+        let (mut state, result, back) = tokio::task::spawn_blocking(move || {
             let mut state = state;
             let result = node
-                .wake(&cell, &mut state)
+                .wake(&on, &mut state)
                 .and_then(|()| node.apply(&mut state, call, now_ms()));
-            (state, result)
+            let back = node.judge_trial(&on, &mut state, &result);
+            (state, result, back)
         })
         .await
-        .map_err(|e| NodeError::Internal(e.to_string()))
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+        if let Some(back) = back {
+            // The session went back to the state before the upgrade: what
+            // its players saw since is void, so they resync.
+            match self.make_durable(cell, &mut state, back).await {
+                Ok(()) => {
+                    state.ring.clear();
+                    state.ring_from = state.position;
+                    cell.resets.send_modify(|n| *n += 1);
+                    self.snapshot_in_background(cell, &mut state);
+                }
+                Err(e) => {
+                    tracing::warn!(session = %cell.record.id, error = %e, "the way back from an upgrade was not journaled; the session resumes from its journal");
+                }
+            }
+        }
+        Ok((state, result))
     }
 
     /// Makes sure the session is live: restores it from the store if not.
-    fn wake(&self, cell: &SessionCell, state: &mut SessionState) -> Result<(), NodeError> {
+    pub(crate) fn wake(
+        &self,
+        cell: &SessionCell,
+        state: &mut SessionState,
+    ) -> Result<(), NodeError> {
         state.last_used = Instant::now();
         if state.live.is_some() {
             return Ok(());
@@ -1021,7 +1096,16 @@ impl Node {
         if let Some((position, stored)) = &stored {
             let (meta, bytes) = snapshots::open(stored)?;
             if fits(*position, &meta) {
-                let session = Session::restore(cell.module.clone(), limits, bytes)
+                // An upgraded session's snapshot is of the module it runs now.
+                let image = baton_runtime::Image::decode(bytes)
+                    .map_err(|e| NodeError::Internal(e.to_string()))?;
+                let module = self.module_by_hash(&image.module.to_hex()).ok_or_else(|| {
+                    NodeError::Internal(format!(
+                        "the snapshot of {} is of module {}, which is not here",
+                        cell.record.id, image.module
+                    ))
+                })?;
+                let session = Session::restore_image(module, limits, Arc::new(image))
                     .map_err(|e| NodeError::Internal(e.to_string()))?;
                 if state.position < *position {
                     // This process never saw what came before the snapshot
@@ -1041,7 +1125,7 @@ impl Node {
                 return Ok((session, *position));
             }
         }
-        let session = Session::new(cell.module.clone(), limits).map_err(NodeError::from_call)?;
+        let session = Session::new(cell.origin.clone(), limits).map_err(NodeError::from_call)?;
         Ok((session, 0))
     }
 
@@ -1087,9 +1171,12 @@ impl Node {
                     "journal entry {position} of {id} is unreadable: {e}"
                 ))
             })?;
-            let reply = session.replay(&entry).map_err(|e| {
-                NodeError::Internal(format!("replaying entry {position} of {id} failed: {e}"))
-            })?;
+            let reply = session
+                .replay_with(&entry, |hash| self.module_by_hash(&hash.to_hex()))
+                .map_err(|e| {
+                    NodeError::Internal(format!("replaying entry {position} of {id} failed: {e}"))
+                })?;
+            state.module = session.module().clone();
             if entry.position >= state.position {
                 Self::remember(&self.config, state, &entry, &reply);
             }
@@ -1205,16 +1292,24 @@ impl Node {
             return Ok(());
         }
         let meta = SessionRecord::from_cluster(id, &record)?;
-        let module = match self.module_by_hash(&meta.module_hash) {
-            Some(module) => module,
-            None => {
-                let bytes = crate::cluster::fetch_module(mesh, &meta.module_hash).await?;
-                self.publish(bytes).await?;
-                self.module_by_hash(&meta.module_hash).ok_or_else(|| {
-                    NodeError::Internal(format!("module {} did not load", meta.module))
-                })?
-            }
-        };
+        // The module it started on, and every one an upgrade moved it to.
+        let switched =
+            journal
+                .iter()
+                .filter_map(|e| match JournalEntry::decode(&e.action).ok()?.call {
+                    Call::Switch(switch) => Some(switch.module_hash().to_hex()),
+                    _ => None,
+                });
+        let needed: std::collections::BTreeSet<String> = std::iter::once(meta.module_hash.clone())
+            .chain(switched)
+            .collect();
+        for hash in needed.iter().filter(|hash| !self.has_module_hash(hash)) {
+            let bytes = crate::cluster::fetch_module(mesh, hash).await?;
+            self.publish(bytes).await?;
+        }
+        let module = self
+            .module_by_hash(&meta.module_hash)
+            .ok_or_else(|| NodeError::Internal(format!("module {} did not load", meta.module)))?;
         let cell = self.cell(meta, module);
         let state = cell.state.clone().lock_owned().await;
         let node = self.clone();
@@ -1386,7 +1481,7 @@ impl Node {
                 None => state.live.as_mut().map(Session::state_digest),
                 Some(journal) => {
                     // A throwaway copy: the live bookkeeping stays as it is.
-                    let copy = node.cell(cell.record.clone(), cell.module.clone());
+                    let copy = node.cell(cell.record.clone(), cell.origin.clone());
                     let mut scratch = copy.state.blocking_lock();
                     let (mut session, _) = node.rebuild(&copy, &mut scratch, journal)?;
                     Some(session.state_digest())
@@ -1529,7 +1624,7 @@ impl Node {
 
     /// Queues the entry for the journal and waits until it is durable; then
     /// publishes its events and, now and then, snapshots in the background.
-    async fn make_durable(
+    pub(crate) async fn make_durable(
         self: &Arc<Self>,
         cell: &Arc<SessionCell>,
         state: &mut SessionState,
@@ -1562,7 +1657,7 @@ impl Node {
         };
         if durable.is_ok() && late.is_none() {
             self.metrics
-                .journaled(&cell.record.module, entries, bytes, queued.elapsed());
+                .journaled(&module_id(&state.module), entries, bytes, queued.elapsed());
         }
         if let Err(e) = durable {
             // The instance ran ahead of the journal: drop it, so the next
@@ -1627,7 +1722,11 @@ impl Node {
 
     /// Captures a checkpoint now (microseconds, under the lock) and encodes
     /// and stores it on a blocking thread.
-    fn snapshot_in_background(self: &Arc<Self>, cell: &SessionCell, state: &mut SessionState) {
+    pub(crate) fn snapshot_in_background(
+        self: &Arc<Self>,
+        cell: &SessionCell,
+        state: &mut SessionState,
+    ) {
         let Some(pending) = Self::capture_snapshot(cell, state) else {
             return;
         };
@@ -1651,7 +1750,7 @@ impl Node {
         state.since_snapshot = 0;
         Some(PendingSnapshot {
             id: cell.record.id.clone(),
-            module: cell.record.module.clone(),
+            module: module_id(&state.module),
             meta: snapshot_meta(state),
             image,
             delta,
@@ -1803,7 +1902,6 @@ impl Node {
         let cell = self.cell_by_id(id)?;
         let state = cell.state.clone().lock_owned().await;
         let node = self.clone();
-        let module_hash = cell.record.module_hash.clone();
         let (_state, export) = tokio::task::spawn_blocking(move || {
             let mut state = state;
             let result = (|| {
@@ -1816,6 +1914,14 @@ impl Node {
                 let snapshot = node.store.snapshot(id_of(&cell))?;
                 let from = snapshot.as_ref().map_or(0, |(p, _)| *p);
                 let journal = node.store.journal(id_of(&cell), from)?;
+                // An upgraded session's snapshot is of the module it ran then.
+                let module_hash = match &snapshot {
+                    Some((_, stored)) => baton_runtime::Image::decode(snapshots::open(stored)?.1)
+                        .map_err(|e| NodeError::Internal(e.to_string()))?
+                        .module
+                        .to_hex(),
+                    None => cell.record.module_hash.clone(),
+                };
                 Ok(Export {
                     module_hash,
                     position: state.position,
@@ -1850,11 +1956,11 @@ impl Node {
             by_module: BTreeMap::new(),
         };
         for cell in cells {
-            let live = cell.state.lock().await.live.is_some();
-            let entry = counts
-                .by_module
-                .entry(cell.record.module.clone())
-                .or_default();
+            let (live, module) = {
+                let state = cell.state.lock().await;
+                (state.live.is_some(), module_id(&state.module))
+            };
+            let entry = counts.by_module.entry(module).or_default();
             if live {
                 entry.0 += 1;
             } else {
@@ -1911,7 +2017,9 @@ pub struct ReplicaState {
 /// A session's durable history (see [`Node::export`]). Bytes are hex.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Export {
-    /// The module, as hex SHA-256.
+    /// The module the export starts on (its snapshot's, or the one the
+    /// session started on), as hex SHA-256. A switch in the journal names
+    /// the module it moves to.
     pub module_hash: String,
     /// Journal entries applied.
     pub position: u64,
@@ -1981,14 +2089,34 @@ pub(crate) struct Joined {
     pub(crate) status: wire::Status,
     /// Changes when the session moved to another node.
     pub(crate) moved: watch::Receiver<Location>,
+    /// Changes when the session went back to an earlier state.
+    pub(crate) resets: watch::Receiver<u64>,
 }
 
 /// A journaled call's result, waiting to be made durable: the call's
 /// entry, and a `status` entry after a call that may have ended the game.
-struct Applied {
-    entry: JournalEntry,
-    reply: Reply,
+pub(crate) struct Applied {
+    pub(crate) entry: JournalEntry,
+    pub(crate) reply: Reply,
     encoded: Vec<(u64, Vec<u8>)>,
+}
+
+impl Applied {
+    /// A call applied outside [`Node::apply`], with the session's
+    /// bookkeeping brought up to it.
+    pub(crate) fn remembered(
+        config: &NodeConfig,
+        state: &mut SessionState,
+        entry: JournalEntry,
+        reply: Reply,
+    ) -> Self {
+        Node::remember(config, state, &entry, &reply);
+        Applied {
+            encoded: vec![(entry.position, entry.encode())],
+            entry,
+            reply,
+        }
+    }
 }
 
 fn act_outcome(applied: &Applied) -> Option<ActOutcome> {

@@ -478,9 +478,11 @@ fn keep(node: &Node, offered: Offered, sealed: &[u8], module: &str) -> Result<()
             (image, Some(encoded), meta)
         }
     };
-    if image.module.to_hex() != module || image.position != offered.position {
+    // An upgraded session's snapshot is of the module it switched to.
+    let known = image.module.to_hex() == module || node.has_module_hash(&image.module.to_hex());
+    if !known || image.position != offered.position {
         return Err(NodeError::BadRequest(format!(
-            "the snapshot is of module {} at position {}, not of {id}'s module at {}",
+            "the snapshot is of module {} at position {}, not of a module {id} runs here at {}",
             image.module.to_hex(),
             image.position,
             offered.position

@@ -11,7 +11,8 @@
 //! The faults: a node killed under load, a handoff's target killed while
 //! the old node drains, a drain deadline expiring, two nodes stopped at
 //! once. Through all of them, no bot sees an error and every bot's last
-//! acknowledged action is still in its session's journal.
+//! acknowledged action is still in its session's journal. And rule
+//! upgrades under the same load, after a rolling deploy.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -782,4 +783,125 @@ async fn a_full_cluster_restart_resumes_every_session_from_the_stores() {
     for (id, _) in &load.sessions {
         assert_replica_equals_owner(&load.nodes, id, "after the full-cluster restart");
     }
+}
+
+/// Publishes `component` through `node` (recorded for the whole cluster).
+fn publish(node: &Node, component: &baton_games::Component) {
+    let (status, body) = node.http("POST", "/v1/modules", Some(&node.token), component.bytes);
+    assert!(
+        status == 200 || status == 201,
+        "publishing {}: {status} {body}",
+        component.name
+    );
+}
+
+/// `POST /v1/upgrades` through `node`: the report.
+fn upgrade(node: &Node, request: Value) -> Value {
+    let (status, report) = node.admin("POST", "/v1/upgrades", &request);
+    assert_eq!(status, 200, "{request}: {report}");
+    report
+}
+
+/// Rule upgrades under load, across a rolling deploy: sessions started on
+/// 1.0.0 move to a new host and stay on 1.0.0; a broken 2.0.0 leaves every
+/// one where it was, with its reason; a canary moves a share, then the rest
+/// move. Bots play all along and lose nothing; every replica (which
+/// replays the switch from the journal) and every independent replay
+/// equals its owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_upgrades_under_load_across_a_rolling_deploy_lose_nothing_and_replay_exactly() {
+    let _heavy = HEAVY.lock().await;
+    let mut load = Load::start(3, 30, CONFIG);
+    for component in [&baton_games::MINOTAUR_V2, &baton_games::MINOTAUR_V2_BROKEN] {
+        publish(&load.nodes["node-1"], component);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A rolling deploy of one host: its sessions resume on 1.0.0.
+    load.join("node-4", CONFIG);
+    let leaving = load.take_out("node-1");
+    let status = tokio::task::spawn_blocking(move || leaving.terminate())
+        .await
+        .expect("joined");
+    assert!(status.success(), "node-1 exited with {status}");
+    let on = |load: &Load, id: &str| {
+        let (owner, name) = owner_of(&load.nodes, id);
+        let (status, summary) = owner.admin("GET", &format!("/v1/sessions/{id}"), &Value::Null);
+        assert_eq!(status, 200, "{id} on {name}: {summary}");
+        summary
+    };
+    for (id, _) in &load.sessions {
+        assert_eq!(on(&load, id)["module"], "minotaur@1.0.0", "{id}");
+    }
+
+    // The broken version: every session stays, each with the reason.
+    let through = &load.nodes["node-2"];
+    let report = upgrade(
+        through,
+        json!({"from": "minotaur@1.0.0", "to": "minotaur@2.0.0-broken"}),
+    );
+    assert_eq!(report["stayed"], 30, "{report}");
+    assert_eq!(report["moved"], 0, "{report}");
+    for s in report["sessions"].as_array().expect("sessions") {
+        let reason = s["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("broken on purpose"), "{s}");
+    }
+    // A canary, then the rest.
+    let canary = upgrade(
+        through,
+        json!({"from": "minotaur", "to": "minotaur@2.0.0", "fraction": 0.3}),
+    );
+    let moved = canary["moved"].as_u64().expect("moved");
+    assert_eq!(canary["stayed"], 0, "{canary}");
+    assert_eq!(
+        moved + canary["skipped"].as_u64().expect("skipped"),
+        30,
+        "{canary}"
+    );
+    assert!(
+        (1..30).contains(&moved),
+        "a canary of 30% moved {moved} of 30"
+    );
+    let rest = upgrade(
+        through,
+        json!({"from": "minotaur@1.0.0", "to": "minotaur@2.0.0"}),
+    );
+    assert_eq!(rest["moved"].as_u64(), Some(30 - moved), "{rest}");
+    assert_eq!(rest["stayed"], 0, "{rest}");
+    println!(
+        "upgrades: broken 30 stayed; canary moved {moved}; then the other {}",
+        30 - moved
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // One reconnect at most, for the host replaced; nothing lost.
+    let played = load.played(1).await;
+    load.assert_acks_kept(&played);
+    for (id, _) in &load.sessions {
+        let summary = on(&load, id);
+        assert_eq!(summary["module"], "minotaur@2.0.0", "{id}: {summary}");
+        assert_eq!(summary["upgrade"]["from"], "minotaur@1.0.0", "{summary}");
+        assert_replica_equals_owner(&load.nodes, id, "after the upgrade");
+    }
+    for (id, _) in load.sessions.iter().take(3) {
+        let (owner, _) = owner_of(&load.nodes, id);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["session", "replay", id, "--node"])
+            .arg(format!("http://{}", owner.admin_addr))
+            .env("BATON_OPERATOR_TOKEN", &owner.token)
+            .output()
+            .expect("baton runs");
+        assert!(
+            out.status.success(),
+            "replay of {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let counted = load.nodes.values().any(|node| {
+        let (_, metrics) = node.http("GET", "/metrics", None, b"");
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("baton_upgrades_total{module=\"minotaur@2.0.0\",result=\"moved\"}")
+    });
+    assert!(counted, "no node counts its upgraded sessions");
 }

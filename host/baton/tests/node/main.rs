@@ -10,4 +10,5 @@ mod deploy;
 mod edge;
 mod lifecycle;
 mod recovery;
+mod upgrade;
 mod websocket;
