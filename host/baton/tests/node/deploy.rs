@@ -492,18 +492,7 @@ async fn a_rolling_deploy_moves_every_session_exactly_and_bots_notice_nothing() 
     load.assert_acks_kept(&played);
     // And an independent replay of a few, through the CLI.
     for (id, _) in load.sessions.iter().take(5) {
-        let (owner, _) = owner_of(&load.nodes, id);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["session", "replay", id, "--node"])
-            .arg(format!("http://{}", owner.admin_addr))
-            .env("BATON_OPERATOR_TOKEN", &owner.token)
-            .output()
-            .expect("baton runs");
-        assert!(
-            out.status.success(),
-            "replay of {id}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        owner_of(&load.nodes, id).0.assert_replay_agrees(id);
     }
     let n = ready.len();
     println!(
@@ -785,16 +774,6 @@ async fn a_full_cluster_restart_resumes_every_session_from_the_stores() {
     }
 }
 
-/// Publishes `component` through `node` (recorded for the whole cluster).
-fn publish(node: &Node, component: &baton_games::Component) {
-    let (status, body) = node.http("POST", "/v1/modules", Some(&node.token), component.bytes);
-    assert!(
-        status == 200 || status == 201,
-        "publishing {}: {status} {body}",
-        component.name
-    );
-}
-
 /// `POST /v1/upgrades` through `node`: the report.
 fn upgrade(node: &Node, request: Value) -> Value {
     let (status, report) = node.admin("POST", "/v1/upgrades", &request);
@@ -813,7 +792,7 @@ async fn rule_upgrades_under_load_across_a_rolling_deploy_lose_nothing_and_repla
     let _heavy = HEAVY.lock().await;
     let mut load = Load::start(3, 30, CONFIG);
     for component in [&baton_games::MINOTAUR_V2, &baton_games::MINOTAUR_V2_BROKEN] {
-        publish(&load.nodes["node-1"], component);
+        load.nodes["node-1"].publish(component);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     // A rolling deploy of one host: its sessions resume on 1.0.0.
@@ -883,18 +862,7 @@ async fn rule_upgrades_under_load_across_a_rolling_deploy_lose_nothing_and_repla
         assert_replica_equals_owner(&load.nodes, id, "after the upgrade");
     }
     for (id, _) in load.sessions.iter().take(3) {
-        let (owner, _) = owner_of(&load.nodes, id);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["session", "replay", id, "--node"])
-            .arg(format!("http://{}", owner.admin_addr))
-            .env("BATON_OPERATOR_TOKEN", &owner.token)
-            .output()
-            .expect("baton runs");
-        assert!(
-            out.status.success(),
-            "replay of {id}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        owner_of(&load.nodes, id).0.assert_replay_agrees(id);
     }
     let counted = load.nodes.values().any(|node| {
         let (_, metrics) = node.http("GET", "/metrics", None, b"");

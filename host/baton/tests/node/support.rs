@@ -123,6 +123,33 @@ impl Node {
         http(self.admin_addr, method, path, Some(&self.token), &body)
     }
 
+    /// Publishes a rule module built from `games/` (recorded for the whole
+    /// cluster, if there is one).
+    pub(crate) fn publish(&self, component: &baton_games::Component) {
+        let (status, body) = self.http("POST", "/v1/modules", Some(&self.token), component.bytes);
+        assert!(
+            status == 200 || status == 201,
+            "publishing {}: {status} {body}",
+            component.name
+        );
+    }
+
+    /// `baton session replay` of session `id` against this node: the journal
+    /// replayed locally must give the node's state.
+    pub(crate) fn assert_replay_agrees(&self, id: &str) {
+        let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["session", "replay", id, "--node"])
+            .arg(format!("http://{}", self.admin_addr))
+            .env("BATON_OPERATOR_TOKEN", &self.token)
+            .output()
+            .expect("baton runs");
+        assert!(
+            out.status.success(),
+            "replay of {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Creates a minotaur session for `players` at fixed cells; returns its
     /// id and the players' tokens.
     pub(crate) fn minotaur(&self, players: &[&str]) -> (String, Vec<String>) {

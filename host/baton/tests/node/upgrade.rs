@@ -7,15 +7,6 @@ use serde_json::{Value, json};
 
 use crate::support::Node;
 
-fn publish(node: &Node, component: &baton_games::Component) {
-    let (status, body) = node.http("POST", "/v1/modules", Some(&node.token), component.bytes);
-    assert!(
-        status == 200 || status == 201,
-        "publishing {}: {status} {body}",
-        component.name
-    );
-}
-
 fn view(node: &Node, id: &str, token: &str) -> Value {
     let (status, view) = node.http("GET", &format!("/v1/sessions/{id}/view"), Some(token), b"");
     assert_eq!(status, 200, "{view}");
@@ -38,18 +29,27 @@ fn summary(node: &Node, id: &str) -> Value {
     summary
 }
 
-fn replay_agrees(node: &Node, id: &str) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["session", "replay", id, "--node"])
-        .arg(format!("http://{}", node.admin_addr))
-        .env("BATON_OPERATOR_TOKEN", &node.token)
-        .output()
-        .expect("baton runs");
-    assert!(
-        out.status.success(),
-        "replay of {id}: {}",
-        String::from_utf8_lossy(&out.stderr)
+/// A two-player game on `module` with `options`: its id, ann's token and
+/// bob's.
+fn game(node: &Node, module: &str, options: Value, seed: u64) -> (String, String, String) {
+    let (status, created) = node.admin(
+        "POST",
+        "/v1/sessions",
+        &json!({"module": module,
+                "players": [{"id": "ann", "name": "Ann"}, {"id": "bob", "name": "Bob"}],
+                "options": options, "seed": seed}),
     );
+    assert_eq!(status, 201, "{created}");
+    let token = |p: &str| created["tokens"][p].as_str().expect("token").to_owned();
+    let id = created["id"].as_str().expect("id").to_owned();
+    (id, token("ann"), token("bob"))
+}
+
+/// A board where ann stands next to bob, with rounds that never end by
+/// themselves.
+fn duel() -> Value {
+    json!({"radius": 4, "hit_points": 9, "round_ms": 600000,
+           "positions": [{"q": 0, "r": 0}, {"q": 1, "r": 0}]})
 }
 
 #[test]
@@ -61,27 +61,14 @@ fn a_live_session_upgrades_keeps_its_game_and_goes_back_when_the_new_version_tra
         &baton_games::MINOTAUR_V2_BROKEN,
         &baton_games::MINOTAUR_V2_TRAP,
     ] {
-        publish(&node, component);
+        node.publish(component);
     }
     // Pre-releases never count as the newest version of a game.
-    let (id, tokens) = node.minotaur(&["ann", "bob", "cy"]);
-    assert_eq!(summary(&node, &id)["module"], "minotaur@2.0.0");
+    let (newest, _) = node.minotaur(&["ann", "bob", "cy"]);
+    assert_eq!(summary(&node, &newest)["module"], "minotaur@2.0.0");
 
     // A game on 1.0.0 in progress: ann registered an attack on bob.
-    let (status, created) = node.admin(
-        "POST",
-        "/v1/sessions",
-        &json!({"module": "minotaur@1.0.0",
-                "players": [{"id": "ann", "name": "Ann"}, {"id": "bob", "name": "Bob"}],
-                "options": {"radius": 4, "hit_points": 9, "round_ms": 600000,
-                            "positions": [{"q": 0, "r": 0}, {"q": 1, "r": 0}]},
-                "seed": 3}),
-    );
-    assert_eq!(status, 201, "{created}");
-    let _ = (tokens, id);
-    let id = created["id"].as_str().expect("id").to_owned();
-    let ann = created["tokens"]["ann"].as_str().expect("token").to_owned();
-    let bob = created["tokens"]["bob"].as_str().expect("token").to_owned();
+    let (id, ann, bob) = game(&node, "minotaur@1.0.0", duel(), 3);
     let (status, body) = act(&node, &id, &ann, json!({"type": "attack", "target": "bob"}));
     assert_eq!(status, 200, "{body}");
     let before = view(&node, &id, &ann);
@@ -142,18 +129,7 @@ fn a_live_session_upgrades_keeps_its_game_and_goes_back_when_the_new_version_tra
 
     // A second game upgraded to 2.0.0-trap: its first action traps, and the
     // session goes back to 1.0.0 as it was before the upgrade.
-    let (status, created) = node.admin(
-        "POST",
-        "/v1/sessions",
-        &json!({"module": "minotaur@1.0.0",
-                "players": [{"id": "ann", "name": "Ann"}, {"id": "bob", "name": "Bob"}],
-                "options": {"radius": 4, "hit_points": 9, "round_ms": 600000,
-                            "positions": [{"q": 0, "r": 0}, {"q": 1, "r": 0}]},
-                "seed": 4}),
-    );
-    assert_eq!(status, 201, "{created}");
-    let trapped = created["id"].as_str().expect("id").to_owned();
-    let ann2 = created["tokens"]["ann"].as_str().expect("token").to_owned();
+    let (trapped, ann2, _) = game(&node, "minotaur@1.0.0", duel(), 4);
     let (status, body) = act(
         &node,
         &trapped,
@@ -203,8 +179,8 @@ fn a_live_session_upgrades_keeps_its_game_and_goes_back_when_the_new_version_tra
     );
 
     // Both journals replay through their switches to the node's bytes...
-    replay_agrees(&node, &id);
-    replay_agrees(&node, &trapped);
+    node.assert_replay_agrees(&id);
+    node.assert_replay_agrees(&trapped);
     let upgraded_view = view(&node, &id, &ann);
     let trapped_view = view(&node, &trapped, &ann2);
     // ...and after kill -9 the node recovers each on its version.
@@ -217,7 +193,7 @@ fn a_live_session_upgrades_keeps_its_game_and_goes_back_when_the_new_version_tra
         view(&node, &trapped, &ann2)["players"],
         trapped_view["players"]
     );
-    replay_agrees(&node, &id);
+    node.assert_replay_agrees(&id);
 }
 
 #[test]
@@ -229,7 +205,7 @@ fn new_sessions_start_on_the_pinned_default_version() {
         &dir.path().join("data"),
         &["--config", config.to_str().expect("utf-8")],
     );
-    publish(&node, &baton_games::MINOTAUR_V2);
+    node.publish(&baton_games::MINOTAUR_V2);
     let (id, _) = node.minotaur(&["ann", "bob"]);
     assert_eq!(summary(&node, &id)["module"], "minotaur@1.0.0");
     // An exact version is still any published one.
@@ -244,16 +220,7 @@ fn new_sessions_start_on_the_pinned_default_version() {
     assert_eq!(created["module"], "minotaur@2.0.0");
 
     // At the next safe point: the round ends first, then the switch.
-    let (status, created) = node.admin(
-        "POST",
-        "/v1/sessions",
-        &json!({"module": "minotaur@1.0.0",
-                "players": [{"id": "ann", "name": "Ann"}, {"id": "bob", "name": "Bob"}],
-                "options": {"round_ms": 1500}}),
-    );
-    assert_eq!(status, 201, "{created}");
-    let id = created["id"].as_str().expect("id").to_owned();
-    let ann = created["tokens"]["ann"].as_str().expect("token").to_owned();
+    let (id, ann, _) = game(&node, "minotaur@1.0.0", json!({"round_ms": 1500}), 5);
     assert_eq!(view(&node, &id, &ann)["round"], 1);
     let (status, report) = node.admin(
         "POST",
