@@ -3,8 +3,8 @@
 //! [`Durable`] is everything of a node that survives a crash or a restart
 //! of the whole cluster. The protocol assumes that it is on disk before any
 //! message that depends on it leaves; the host makes that true by writing
-//! what [`ClusterNode::take_state_changes`](crate::ClusterNode) and
-//! `take_journal_changes` hand it, and holding its messages until then.
+//! what [`ClusterNode::take_changes`](crate::ClusterNode::take_changes)
+//! hands it, and holding messages as [`crate::outbox`] says.
 //!
 //! The journals' entries are written as they change (one row per entry, in
 //! the host's journal); the rest is one small [`SessionState`] row per
@@ -17,7 +17,7 @@ use std::ops::Deref;
 use serde::{Deserialize, Serialize};
 
 use crate::crdt::Delta;
-use crate::node::{JournalEntry, Key, Record};
+use crate::node::{JournalChange, JournalEntry, Key, Record};
 
 /// A map from session to `V` that remembers which sessions changed, until
 /// taken: how the core knows which rows to write without comparing all.
@@ -164,6 +164,24 @@ pub struct StateChange {
     pub sessions: Vec<(String, SessionState)>,
     /// Records that changed, as they stand now.
     pub records: Delta<Key, Record>,
+}
+
+/// Everything to write after a step of the core, as one write: the
+/// journals' new entries and the rows, so that a crash never keeps entries
+/// whose epochs their row does not describe yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Journal changes, one per session.
+    pub journals: Vec<JournalChange>,
+    /// Rows and records.
+    pub state: StateChange,
+}
+
+impl Changes {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.journals.is_empty() && self.state.is_empty()
+    }
 }
 
 impl StateChange {

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::crdt::{Delta, DeltaMap, Stamp};
-pub use crate::durable::{Durable, Handed, SessionState, StateChange};
+pub use crate::durable::{Changes, Durable, Handed, SessionState, StateChange};
 use crate::membership::{Change, Membership, NodeId, NodeInfo};
 use crate::placement;
 
@@ -1018,10 +1018,18 @@ impl ClusterNode {
         *at = (*at).min(from);
     }
 
-    /// What changed in the journals since the last call, for the host to
-    /// write to its store. A replica's acknowledgement promises a durable
-    /// copy: the host holds it back until the change is written.
-    pub fn take_journal_changes(&mut self) -> Vec<JournalChange> {
+    /// What changed in the durable state since the last call, for the host
+    /// to write to its store as one write, before anything that depends on
+    /// it leaves: [`crate::outbox::Outbox`] tells which messages wait.
+    pub fn take_changes(&mut self) -> Changes {
+        let journals = self.take_journal_changes();
+        Changes {
+            journals,
+            state: self.take_state_changes(),
+        }
+    }
+
+    fn take_journal_changes(&mut self) -> Vec<JournalChange> {
         std::mem::take(&mut self.changed)
             .into_iter()
             .map(|(session, from)| {
@@ -1055,11 +1063,9 @@ impl ClusterNode {
             .collect()
     }
 
-    /// What changed in the durable state besides journal entries since the
-    /// last call: rows for the host to write. Call it after
-    /// [`ClusterNode::take_journal_changes`], and send nothing taken since
-    /// before both are written (the protocol counts on them being on disk).
-    pub fn take_state_changes(&mut self) -> StateChange {
+    /// Rows for the host to write; after the journal changes, which mark
+    /// the journals whose epoch runs changed.
+    fn take_state_changes(&mut self) -> StateChange {
         let mut sessions = self.durable.take_changed();
         sessions.append(&mut self.reshaped);
         if self.durable.journals.len() != self.reported.len() {
@@ -1401,8 +1407,12 @@ impl ClusterNode {
         } else if !is_replica || self.durable.complete.contains_key(session) {
             return;
         }
+        // Both copies are prefixes of the epoch's history, unless this one
+        // kept an older epoch's tail that was never acknowledged: keep it
+        // only if it holds the owner's whole journal and more (entries the
+        // owner acknowledged but did not write before it went down).
         let journal = self.durable.journals.entry(session.to_owned()).or_default();
-        if entries.len() >= journal.len() {
+        if !journal.starts_with(&entries) {
             *journal = entries;
             self.touched(session, 0);
         }

@@ -17,14 +17,13 @@
 //! expect owned
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::crdt::Delta;
+use crate::durable::Changes;
 use crate::membership::NodeId;
-use crate::node::{
-    ClusterNode, Config, Durable, Event, JournalChange, Key, Message, Record, SessionState,
-    StateChange,
-};
+use crate::node::{ClusterNode, Config, Durable, Event, Key, Message, Record, SessionState};
+use crate::outbox::Outbox;
 
 /// SplitMix64: small, fast, and the same on every platform.
 #[derive(Clone, Debug)]
@@ -77,6 +76,9 @@ pub struct SimConfig {
     pub max_drift_ppm: u64,
     /// Client actions offered per step, across all sessions.
     pub actions_per_step: f64,
+    /// A node's writes take 0 to this many ms each, in order; a crash
+    /// loses those not done, and what waits for them.
+    pub max_write_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -96,6 +98,7 @@ impl Default for SimConfig {
             // Within the bound: 2 × 20,000 ppm × 500 ms = 20 ms < drift_ms.
             max_drift_ppm: 20_000,
             actions_per_step: 1.0,
+            max_write_ms: 8,
         }
     }
 }
@@ -106,6 +109,10 @@ struct Slot {
     version: u32,
     node: Option<ClusterNode>,
     disk: Disk,
+    /// Writes on their way to the disk: (done at, number, changes).
+    writing: VecDeque<(u64, u64, Changes)>,
+    /// The node's messages waiting for those writes.
+    outbox: Outbox,
     /// Clock = offset + real × (1 + ppm / 10⁶).
     ppm: i64,
     offset: u64,
@@ -136,8 +143,8 @@ struct Disk {
 }
 
 impl Disk {
-    fn write(&mut self, journals: Vec<JournalChange>, state: StateChange) {
-        for change in journals {
+    fn write(&mut self, changes: Changes) {
+        for change in changes.journals {
             let journal = self.journals.entry(change.session).or_default();
             journal.truncate(change.from as usize);
             journal.extend(change.entries.into_iter().map(|e| e.action));
@@ -147,14 +154,14 @@ impl Disk {
                 "a journal change with a gap"
             );
         }
-        for (session, row) in state.sessions {
+        for (session, row) in changes.state.sessions {
             if row.is_empty() {
                 self.sessions.remove(&session);
             } else {
                 self.sessions.insert(session, row);
             }
         }
-        self.records.extend(state.records);
+        self.records.extend(changes.state.records);
     }
 
     fn load(&self) -> Durable {
@@ -186,6 +193,11 @@ pub struct Report {
     pub acked: u64,
     /// Promotions and transfers (ownership changes after creation).
     pub moves: u64,
+    /// Sessions left with no owner because both holders, owner and
+    /// replica, are gone for good (evicted, drained away or crashed with
+    /// no restart): the one-replica limit, not a
+    /// broken guarantee (see the crate's known limits).
+    pub stranded: Vec<String>,
     /// What happened, for reading a failing seed.
     pub log: Vec<String>,
 }
@@ -334,6 +346,8 @@ impl Sim {
                     version,
                     node: None,
                     disk: Disk::default(),
+                    writing: VecDeque::new(),
+                    outbox: Outbox::default(),
                     ppm,
                     offset,
                     paused_until: 0,
@@ -347,6 +361,8 @@ impl Sim {
         slot.version = version.max(slot.version);
         slot.restart_at = None;
         slot.gone = false;
+        slot.writing.clear();
+        slot.outbox = Outbox::default();
         let id = NodeId {
             name: name.to_owned(),
             boot,
@@ -377,9 +393,11 @@ impl Sim {
         if let Some(i) = self.slot(name)
             && let Some(node) = self.slots[i].node.take()
         {
-            // What it wrote to its disk (all it sent was written) is what
-            // it restarts with.
+            // What reached its disk is what it restarts with: writes still
+            // on their way are lost, with the messages waiting for them.
             drop(node);
+            self.slots[i].writing.clear();
+            self.slots[i].outbox = Outbox::default();
             self.slots[i].restart_at = restart_in.map(|d| now + d);
             self.slots[i].paused_until = 0;
             self.log(format!("crash {name}"));
@@ -537,6 +555,7 @@ impl Sim {
             self.start(&name, version);
         }
         self.create_due();
+        self.complete_writes();
         // Deliveries, in time order; a paused node's wait in its buffers.
         self.network.sort_by_key(|m| (m.at, m.order));
         let mut keep = Vec::new();
@@ -573,6 +592,27 @@ impl Sim {
                     node.tick(clock);
                 }
                 self.collect(i);
+            }
+        }
+    }
+
+    /// Writes that are done reach the disk, in order, and release what
+    /// waited for them.
+    fn complete_writes(&mut self) {
+        for i in 0..self.slots.len() {
+            let Some(from) = self.slots[i].node.as_ref().map(|n| n.id().clone()) else {
+                continue;
+            };
+            while let Some((at, ..)) = self.slots[i].writing.front()
+                && *at <= self.now
+            {
+                let Some((_, generation, changes)) = self.slots[i].writing.pop_front() else {
+                    break;
+                };
+                self.slots[i].disk.write(changes);
+                for (to, message) in self.slots[i].outbox.written(generation) {
+                    self.post(from.clone(), to, message);
+                }
             }
         }
     }
@@ -651,18 +691,22 @@ impl Sim {
         let Some(node) = self.slots[i].node.as_mut() else {
             return;
         };
-        // Written before anything is sent, as a real host does.
-        let journals = node.take_journal_changes();
-        let state = node.take_state_changes();
-        self.slots[i].disk.write(journals, state);
-        let Some(node) = self.slots[i].node.as_mut() else {
-            return;
-        };
+        // Handed to the disk before anything is sent, as a real host does;
+        // what depends on it waits in the outbox.
+        let changes = node.take_changes();
         let out = node.poll_transmit();
         let events = node.poll_events();
         let from = node.id().clone();
+        if !changes.is_empty() {
+            let generation = self.slots[i].outbox.issue(&changes);
+            let after = self.slots[i].writing.back().map_or(0, |(at, ..)| *at);
+            let at = after.max(self.now + self.rng.range(0, self.config.max_write_ms + 1));
+            self.slots[i].writing.push_back((at, generation, changes));
+        }
         for (to, message) in out {
-            self.post(from.clone(), to, message);
+            if let Some((to, message)) = self.slots[i].outbox.send(to, message) {
+                self.post(from.clone(), to, message);
+            }
         }
         let name = self.slots[i].name.clone();
         let mut warmed = Vec::new();
@@ -822,7 +866,27 @@ impl Sim {
                     for state in states {
                         self.log(format!("  {state}"));
                     }
-                    self.violation(format!("{session} has no owner after healing"));
+                    // Evicted, or drained away or crashed with no restart.
+                    let gone = |name: &str| {
+                        let evicted = self
+                            .slots
+                            .iter()
+                            .any(|s| s.node.as_ref().is_some_and(|n| n.is_evicted(name)));
+                        evicted
+                            || self.slots.iter().any(|s| {
+                                s.name == name
+                                    && (s.gone || (s.node.is_none() && s.restart_at.is_none()))
+                            })
+                    };
+                    let both_gone = record
+                        .as_ref()
+                        .is_some_and(|r| gone(&r.owner.name) && gone(&r.replica));
+                    if both_gone {
+                        self.log(format!("{session} lost both holders"));
+                        self.report.stranded.push(session.clone());
+                    } else {
+                        self.violation(format!("{session} has no owner after healing"));
+                    }
                 }
                 many => self.violation(format!("{session} has {} serving owners", many.len())),
             }

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use baton_cluster::crdt::Entry;
-use baton_cluster::node::{Durable, Event, JournalChange, Key, Record, SessionState, StateChange};
+use baton_cluster::node::{Changes, Durable, Event, Key, Record, SessionState};
 use baton_store::{GroupCommit, Store, Write};
 use baton_transport::{DurableStore, Identity, Mesh, MeshConfig, WriteDone};
 use serde::{Deserialize, Serialize};
@@ -46,44 +46,47 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 impl DurableStore for StoreDurable {
-    fn write_journal(&self, change: JournalChange, done: WriteDone) {
-        let mut writes: Vec<Write> = change
-            .entries
-            .into_iter()
-            .zip(change.from..)
-            .map(|(entry, position)| Write::Entry {
-                session: change.session.clone(),
-                position,
-                entry: entry.action,
-            })
-            .collect();
-        writes.push(Write::Truncate {
-            session: change.session,
-            len: change.len,
+    fn write(&self, changes: Changes, done: WriteDone) {
+        let journals = changes.journals.into_iter().flat_map(|change| {
+            let session = change.session;
+            let entries = change.entries.into_iter().zip(change.from..).map({
+                let session = session.clone();
+                move |(entry, position)| Write::Entry {
+                    session: session.clone(),
+                    position,
+                    entry: entry.action,
+                }
+            });
+            entries.chain([Write::Truncate {
+                session,
+                len: change.len,
+            }])
         });
-        let written = self.written.clone();
-        self.commit.submit(writes, move |result| {
-            done(result.map_err(|e| e.to_string()));
-            written.send_modify(|n| *n += 1);
-        });
-    }
-
-    fn write_state(&self, change: StateChange, done: WriteDone) {
-        let sessions = change
+        let sessions = changes
+            .state
             .sessions
             .into_iter()
             .map(|(session, state)| Write::State {
                 key: row_key(SESSION_ROW, session.as_bytes()),
                 value: (!state.is_empty()).then(|| encode(&state)),
             });
-        let records = change.records.into_iter().map(|(key, entry)| Write::State {
-            key: row_key(RECORD_ROW, &encode(&key)),
-            value: Some(encode(&entry)),
-        });
-        self.commit
-            .submit(sessions.chain(records).collect(), move |result| {
-                done(result.map_err(|e| e.to_string()))
+        let records = changes
+            .state
+            .records
+            .into_iter()
+            .map(|(key, entry)| Write::State {
+                key: row_key(RECORD_ROW, &encode(&key)),
+                value: Some(encode(&entry)),
             });
+        let written = self.written.clone();
+        // One submission: the group commit makes it one transaction.
+        self.commit.submit(
+            journals.chain(sessions).chain(records).collect(),
+            move |result| {
+                done(result.map_err(|e| e.to_string()));
+                written.send_modify(|n| *n += 1);
+            },
+        );
     }
 }
 

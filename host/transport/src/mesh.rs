@@ -8,15 +8,16 @@
 //! traffic never delays a heartbeat; a full queue drops the message, which
 //! the protocol resends (it is built for a lossy network).
 //!
-//! Disk: every change the core makes to a journal (the owner's appends,
-//! a replica's copies) is written through the host's [`DurableStore`]; a
-//! replica's acknowledgement leaves only once its copy is written, and an
-//! owner's [`Mesh::append`] is durable once written here (`local`) or also
-//! acknowledged by the replica (`replicated`). The rest of the core's
-//! durable state (epochs, roles that survive restarts, records) changes
-//! when sessions are created or move; while such a change is being
-//! written, no message leaves at all, so that no peer ever learns of a
-//! decision this node could forget in a crash.
+//! Disk: every change the core makes to what it keeps (journal entries,
+//! epochs, roles that survive restarts, records) is written through the
+//! host's [`DurableStore`], one write per step, in order. A message waits
+//! only for the writes it depends on ([`Outbox`]): a replica's
+//! acknowledgement for its copy, a decision about a session for that
+//! session's rows, so that no peer ever learns of a decision this node
+//! could forget in a crash, and a drain writing the rows of a thousand
+//! sessions delays no other session's lease. An owner's [`Mesh::append`]
+//! is durable once written here (`local`) or also acknowledged by the
+//! replica (`replicated`).
 //!
 //! Tunnels: the host opens bidirectional streams to a named node
 //! ([`Mesh::open`]) and receives those opened to it ([`Mesh::tunnels`]):
@@ -36,8 +37,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use baton_cluster::node::{
-    Durable, Event, JournalChange, JournalEntry, Message, NewSession, SessionRecord, StateChange,
+    Changes, Durable, Event, JournalEntry, Message, NewSession, SessionRecord,
 };
+use baton_cluster::outbox::Outbox;
 use baton_cluster::{ClusterNode, Config, NodeId, Refusal};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -147,14 +149,13 @@ async fn read_frame(stream: &mut quinn::RecvStream) -> Option<Frame> {
 pub type WriteDone = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// Where the mesh writes the core's durable state: the host's store.
-/// Writes must become durable in the order they are given.
+/// Writes must become durable in the order they are given, each as a
+/// whole (a crash keeps a prefix of them).
 pub trait DurableStore: Send + Sync + 'static {
-    /// Writes `change` durably (entries from `change.from` replace what
-    /// stood there; the journal is `change.len` long), then calls `done`.
-    fn write_journal(&self, change: JournalChange, done: WriteDone);
-
-    /// Writes the rows of `change` durably, then calls `done`.
-    fn write_state(&self, change: StateChange, done: WriteDone);
+    /// Writes `changes` durably, then calls `done`: each journal change's
+    /// entries from its `from` replace what stood there (the journal is
+    /// its `len` long), and the rows of `changes.state`.
+    fn write(&self, changes: Changes, done: WriteDone);
 }
 
 /// A [`DurableStore`] that writes nothing and says done at once: for tests
@@ -163,11 +164,7 @@ pub trait DurableStore: Send + Sync + 'static {
 pub struct Unpersisted;
 
 impl DurableStore for Unpersisted {
-    fn write_journal(&self, _: JournalChange, done: WriteDone) {
-        done(Ok(()));
-    }
-
-    fn write_state(&self, _: StateChange, done: WriteDone) {
+    fn write(&self, _: Changes, done: WriteDone) {
         done(Ok(()));
     }
 }
@@ -259,13 +256,8 @@ type Leasing = (
     oneshot::Sender<Result<Appended, AppendError>>,
 );
 
-/// A write finished.
-enum Written {
-    /// A journal change of `session`, by generation.
-    Journal(String, u64, Result<(), String>),
-    /// A state change, by generation.
-    State(u64, Result<(), String>),
-}
+/// A write finished: its number, and how.
+type Written = (u64, Result<(), String>);
 
 enum Command {
     Place {
@@ -427,7 +419,7 @@ impl Mesh {
             store,
             written_tx,
             journals: BTreeMap::new(),
-            state: StateWrites::default(),
+            outbox: Outbox::default(),
             starting: BTreeMap::new(),
             failed: None,
             leasing: Vec::new(),
@@ -689,38 +681,14 @@ struct Link {
     version: u32,
 }
 
-/// A session's journal writes: generations issued and written, and what
-/// waits for them.
+/// An owned session's appends waiting to be durable.
 #[derive(Default)]
 struct Writes {
-    issued: u64,
-    written: u64,
-    /// The replica's acknowledgements so far (owner side).
+    /// The replica's acknowledgements so far.
     acked: u64,
-    /// Acknowledgements to peers waiting for a write: (generation, to, message).
-    held: Vec<(u64, NodeId, Message)>,
-    /// Appends waiting to be durable.
+    /// Appends waiting for their write (and the replica's acknowledgement
+    /// in `replicated` mode).
     waiting: Vec<Waiter>,
-}
-
-/// The core's state writes, and the messages held until the write issued
-/// before each is done: (generation, to, message), in order.
-#[derive(Default)]
-struct StateWrites {
-    issued: u64,
-    written: u64,
-    held: std::collections::VecDeque<(u64, NodeId, Message)>,
-}
-
-impl StateWrites {
-    /// Whether a message produced now must wait.
-    fn pending(&self) -> bool {
-        self.written < self.issued
-    }
-
-    fn hold(&mut self, to: NodeId, message: Message) {
-        self.held.push_back((self.issued, to, message));
-    }
 }
 
 /// An append waiting to be durable.
@@ -751,7 +719,8 @@ struct Driver {
     store: Arc<dyn DurableStore>,
     written_tx: mpsc::UnboundedSender<Written>,
     journals: BTreeMap<String, Writes>,
-    state: StateWrites,
+    /// Messages waiting for the writes they depend on.
+    outbox: Outbox,
     starting: BTreeMap<String, (u64, oneshot::Sender<Result<SessionRecord, String>>)>,
     /// The store failed: nothing more is acknowledged (fail-stop).
     failed: Option<String>,
@@ -791,12 +760,7 @@ impl Driver {
                     }
                 }
                 _ = resolve.tick() => self.resolve_seeds(),
-                Some(done) = written.recv() => match done {
-                    Written::Journal(session, generation, result) => {
-                        self.written(session, generation, result);
-                    }
-                    Written::State(generation, result) => self.state_written(generation, result),
-                },
+                Some((generation, result)) = written.recv() => self.written(generation, result),
                 input = rx.recv() => {
                     let Some(input) = input else { return };
                     if !self.input(input) {
@@ -1012,8 +976,9 @@ impl Driver {
         let (epoch, seq) = last.ok_or(AppendError::Empty)?;
         self.write_changes();
         let deadline = now + self.ack_timeout.as_millis() as u64;
+        // The write just issued holds the entries.
+        let generation = self.outbox.issued();
         let writes = self.journals.entry(session).or_default();
-        let generation = writes.issued;
         let (tx, rx) = oneshot::channel();
         writes.waiting.push(Waiter {
             seq,
@@ -1028,100 +993,41 @@ impl Driver {
         })
     }
 
-    /// Hands the core's changes to the store: journals first, then the rest.
+    /// Hands the core's changes to the store, as the next write.
     fn write_changes(&mut self) {
-        for change in self.node.take_journal_changes() {
-            let writes = self.journals.entry(change.session.clone()).or_default();
-            writes.issued += 1;
-            let generation = writes.issued;
-            let session = change.session.clone();
-            let tx = self.written_tx.clone();
-            self.store.write_journal(
-                change,
-                Box::new(move |result| {
-                    let _ = tx.send(Written::Journal(session, generation, result));
-                }),
-            );
+        let changes = self.node.take_changes();
+        if changes.is_empty() {
+            return;
         }
-        let state = self.node.take_state_changes();
-        if !state.is_empty() {
-            self.state.issued += 1;
-            let generation = self.state.issued;
-            let tx = self.written_tx.clone();
-            self.store.write_state(
-                state,
-                Box::new(move |result| {
-                    let _ = tx.send(Written::State(generation, result));
-                }),
-            );
-        }
+        let generation = self.outbox.issue(&changes);
+        let tx = self.written_tx.clone();
+        self.store.write(
+            changes,
+            Box::new(move |result| {
+                let _ = tx.send((generation, result));
+            }),
+        );
     }
 
-    fn state_written(&mut self, generation: u64, result: Result<(), String>) {
+    /// Write `generation` is done: what waited for it goes.
+    fn written(&mut self, generation: u64, result: Result<(), String>) {
         if let Err(e) = result {
-            tracing::error!(error = %e, "cluster state write failed: sending nothing more");
+            tracing::error!(error = %e, "a write of the cluster's state failed: acknowledging nothing more");
             self.failed.get_or_insert(e);
             return;
         }
-        self.state.written = self.state.written.max(generation);
-        // In order: a message never overtakes one produced before it.
-        while self
-            .state
-            .held
-            .front()
-            .is_some_and(|(g, _, _)| *g <= self.state.written)
-        {
-            if let Some((_, to, message)) = self.state.held.pop_front() {
-                self.route_written(to, message);
-            }
+        for (to, message) in self.outbox.written(generation) {
+            self.send(to, message);
         }
-    }
-
-    /// Sends `message`, or holds it until what it depends on is on disk:
-    /// any state change not yet written, or (for an acknowledgement that
-    /// promises a durable copy) its session's journal writes.
-    fn route(&mut self, to: NodeId, message: Message) {
-        if !carries_no_decision(&message) && (self.state.pending() || !self.state.held.is_empty()) {
-            self.state.hold(to, message);
-            return;
+        let waiting: Vec<String> = self
+            .journals
+            .iter()
+            .filter(|(_, w)| !w.waiting.is_empty())
+            .map(|(s, _)| s.clone())
+            .collect();
+        for session in waiting {
+            self.settle(&session);
         }
-        self.route_written(to, message);
-    }
-
-    /// [`Driver::route`] for a message whose state is on disk.
-    fn route_written(&mut self, to: NodeId, message: Message) {
-        let failed = self.failed.is_some();
-        let pending = about_durable(&message)
-            .and_then(|s| self.journals.get_mut(s))
-            .filter(|w| w.written < w.issued || failed);
-        match pending {
-            Some(w) => w.held.push((w.issued, to, message)),
-            None => self.send(to, message),
-        }
-    }
-
-    fn written(&mut self, session: String, generation: u64, result: Result<(), String>) {
-        if let Err(e) = result {
-            tracing::error!(%session, error = %e, "journal write failed: acknowledging nothing more");
-            self.failed.get_or_insert(e);
-            return;
-        }
-        let writes = self.journals.entry(session.clone()).or_default();
-        writes.written = writes.written.max(generation);
-        let written = writes.written;
-        let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut writes.held)
-            .into_iter()
-            .partition(|(g, _, _)| *g <= written);
-        writes.held = held;
-        for (_, to, message) in ready {
-            if self.state.held.is_empty() {
-                self.send(to, message);
-            } else {
-                // Behind messages still waiting for state: keep the order.
-                self.state.hold(to, message);
-            }
-        }
-        self.settle(&session);
     }
 
     /// Answers the appends of `session` that are now durable.
@@ -1130,10 +1036,11 @@ impl Driver {
         let Some(writes) = self.journals.get_mut(session) else {
             return;
         };
-        let (written, acked) = (writes.written, writes.acked);
+        let outbox = &self.outbox;
+        let acked = writes.acked;
         let (done, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut writes.waiting)
             .into_iter()
-            .partition(|w| w.generation <= written && (!replicated || w.seq <= acked));
+            .partition(|w| outbox.is_written(w.generation) && (!replicated || w.seq <= acked));
         writes.waiting = rest;
         for waiter in done {
             let _ = waiter.reply.send(Ok(()));
@@ -1335,7 +1242,9 @@ impl Driver {
         }
         self.write_changes();
         for (to, message) in self.node.poll_transmit() {
-            self.route(to, message);
+            if let Some((to, message)) = self.outbox.send(to, message) {
+                self.send(to, message);
+            }
         }
         for event in self.node.poll_events() {
             match &event {
@@ -1378,27 +1287,5 @@ impl Driver {
         }
         self.links
             .retain(|_, link| link.connection.close_reason().is_none());
-    }
-}
-
-/// Whether `message` says nothing a peer could rely on after this node
-/// forgot it in a crash: liveness and load (a restarted node is a new boot,
-/// which peers sync from scratch), an ack of records received, a client's
-/// action. Those never wait for state writes, so that a node busy writing
-/// (a drain of many sessions) is not taken for dead.
-fn carries_no_decision(message: &Message) -> bool {
-    matches!(
-        message,
-        Message::Heartbeat(_) | Message::DeltaAck { .. } | Message::Act { .. }
-    )
-}
-
-/// The session an acknowledgement that promises a durable copy is about.
-fn about_durable(message: &Message) -> Option<&str> {
-    match message {
-        Message::ReplicateAck { session, .. } | Message::TransferAck { session, .. } => {
-            Some(session)
-        }
-        _ => None,
     }
 }
