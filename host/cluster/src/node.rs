@@ -54,6 +54,10 @@ pub struct Config {
     /// ([`ClusterNode::warmed`]: it holds a recent snapshot), so that the
     /// cutover replays a few entries, not the whole journal.
     pub await_warm: bool,
+    /// Sessions a node moves at once (handoffs and replica changes); the
+    /// rest keep serving, their leases renewed, until one is done. A node
+    /// that moved thousands at once would starve its own renewals.
+    pub max_moves: usize,
     /// Test only: apply without a valid lease and ignore higher epochs, to
     /// show that the simulation's checker catches a double owner.
     #[doc(hidden)]
@@ -70,6 +74,7 @@ impl Default for Config {
             drain_deadline_ms: 5_000,
             tombstone_ttl_ms: 60_000,
             await_warm: false,
+            max_moves: 64,
             unsafe_ignore_fencing: false,
         }
     }
@@ -502,6 +507,8 @@ pub struct ClusterNode {
     records_written: u64,
     outbox: Vec<(NodeId, Message)>,
     events: Vec<Event>,
+    /// Moves under way, as counted by the running tick.
+    moves_started: usize,
 }
 
 impl ClusterNode {
@@ -566,6 +573,7 @@ impl ClusterNode {
             records_written,
             outbox: Vec::new(),
             events: Vec::new(),
+            moves_started: 0,
         }
     }
 
@@ -1739,6 +1747,13 @@ impl ClusterNode {
             }
         }
         let sessions: Vec<String> = self.roles.keys().cloned().collect();
+        // Moves under way count against `max_moves`, and so do those this
+        // tick starts.
+        self.moves_started = self
+            .roles
+            .values()
+            .filter(|r| matches!(r, Role::Owner(o) if o.moving.is_some()))
+            .count();
         for session in sessions {
             self.tick_session(&session, now);
         }
@@ -2063,6 +2078,10 @@ impl ClusterNode {
         if !handoff && !replica_leaving {
             return;
         }
+        if self.moves_started >= self.config.max_moves {
+            return;
+        }
+        self.moves_started += 1;
         let replica = o.replica.clone();
         let to = if handoff {
             // Spread over the newest nodes; the replica itself only if it

@@ -119,6 +119,8 @@ struct Slot {
     paused_until: u64,
     restart_at: Option<u64>,
     gone: bool,
+    /// What its last drain left behind (sessions not handed off).
+    left: Option<usize>,
 }
 
 impl Slot {
@@ -353,6 +355,7 @@ impl Sim {
                     paused_until: 0,
                     restart_at: None,
                     gone: false,
+                    left: None,
                 });
                 self.slots.len() - 1
             }
@@ -751,6 +754,7 @@ impl Sim {
                 }
                 Event::Drained { left } => {
                     self.log(format!("{name} drained ({left} left); exits"));
+                    self.slots[i].left = Some(left);
                     // Its disk stays, for a restart under its name.
                     self.slots[i].node = None;
                     self.slots[i].gone = true;
@@ -907,7 +911,7 @@ impl Sim {
     /// a comment), with the network faults of `config` drawn from `seed`:
     ///
     /// - `config drain_deadline_ms=300` (any of `lease_ms`, `detect_ms`,
-    ///   `drift_ms`, `drain_deadline_ms`, `loss`)
+    ///   `drift_ms`, `drain_deadline_ms`, `max_moves`, `loss`)
     /// - `nodes a b c [version N]`: start nodes at time 0
     /// - `sessions N`: create N sessions once the cluster can place them
     /// - `at MS start X [version N]`, `at MS crash X [restart-after MS]`,
@@ -917,6 +921,7 @@ impl Sim {
     /// - `run MS`: run until then, checking after every step
     /// - `expect owned` (every session has exactly one serving owner with
     ///   every acknowledged entry, and the records agree), `expect gone X…`,
+    ///   `expect handed-off X…` (X's drain left nothing behind),
     ///   `expect owns-nothing X…`, `expect owned-by X…` (every owner is one
     ///   of these), `expect moves >= N`
     ///
@@ -952,6 +957,7 @@ impl Sim {
                         "detect_ms" => config.node.detect_ms = ms()?,
                         "drift_ms" => config.node.drift_ms = ms()?,
                         "drain_deadline_ms" => config.node.drain_deadline_ms = ms()?,
+                        "max_moves" => config.node.max_moves = ms()? as usize,
                         "loss" => {
                             config.loss = value.parse().map_err(|_| bad(*n, "not a number"))?
                         }
@@ -1060,6 +1066,16 @@ impl Sim {
                 for name in &words[1..] {
                     if !self.gone(name) {
                         self.violation(fail(format!("{name} to have drained and exited")));
+                    }
+                }
+            }
+            Some("handed-off") => {
+                for name in &words[1..] {
+                    let left = self.slot(name).and_then(|i| self.slots[i].left);
+                    if left != Some(0) {
+                        self.violation(fail(format!(
+                            "{name}'s drain to hand every session off, not to leave {left:?}"
+                        )));
                     }
                 }
             }

@@ -43,6 +43,25 @@ fn rolling_replacement_of_every_node() {
 }
 
 #[test]
+fn a_drain_moves_a_few_sessions_at_a_time_and_hands_off_all() {
+    run(
+        "bounded drain",
+        "
+        config max_moves=2
+        nodes a b
+        sessions 16
+        at 1000 start c version 2
+        at 1000 drain a
+        run 6000
+        expect gone a
+        expect handed-off a
+        expect owned
+        expect moves >= 6
+        ",
+    );
+}
+
+#[test]
 fn crash_of_an_owner() {
     run(
         "owner crash",

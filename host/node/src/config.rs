@@ -89,6 +89,10 @@ pub struct ClusterConfig {
     /// exits anyway (ms); the sessions left then fail over to their
     /// replicas. Keep the orchestrator's grace period longer than this.
     pub drain_deadline_ms: u64,
+    /// Sessions a node hands off (or re-replicates) at once; the rest keep
+    /// serving until one is done. Too many at once and the node, busy
+    /// moving, lets leases lapse (those sessions then fail over instead).
+    pub max_moves: usize,
     /// This host's version: new sessions go to the newest.
     pub host_version: u32,
     /// The wire versions (ALPN) to offer, newest first; empty for all this
@@ -113,6 +117,7 @@ impl Default for ClusterConfig {
             drift_ms: core.drift_ms,
             heartbeat_ms: core.heartbeat_ms,
             drain_deadline_ms: 20_000,
+            max_moves: core.max_moves,
             host_version: 1,
             wire_versions: Vec::new(),
         }
@@ -129,6 +134,7 @@ impl ClusterConfig {
             drift_ms: self.drift_ms,
             drain_deadline_ms: self.drain_deadline_ms,
             await_warm: true,
+            max_moves: self.max_moves.max(1),
             ..baton_cluster::Config::default()
         }
     }

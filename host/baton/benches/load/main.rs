@@ -98,6 +98,8 @@ impl Moves {
     }
 }
 
+static NEXT_LOG: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// A server under load: a real `baton serve`, or the native ceiling.
 struct Server {
     child: Child,
@@ -106,8 +108,17 @@ struct Server {
 }
 
 impl Server {
-    /// Starts `command` and waits for its ready line.
+    /// Starts `command` and waits for its ready line. With
+    /// `BATON_BENCH_LOGS=<dir>`, each server's log goes to a file there.
     fn start(mut command: Command, token: String) -> Server {
+        let log = std::env::var_os("BATON_BENCH_LOGS").and_then(|dir| {
+            let name = format!(
+                "server-{}.log",
+                std::process::id() as u128
+                    + NEXT_LOG.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as u128
+            );
+            std::fs::File::create(std::path::Path::new(&dir).join(name)).ok()
+        });
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -125,7 +136,15 @@ impl Server {
                     .expect("addr");
             }
         };
-        std::thread::spawn(move || for _ in lines {});
+        // The node logs to stdout: kept only when asked for.
+        std::thread::spawn(move || {
+            let mut log = log;
+            for line in lines.map_while(Result::ok) {
+                if let Some(file) = log.as_mut() {
+                    let _ = writeln!(file, "{line}");
+                }
+            }
+        });
         Server { child, addr, token }
     }
 
