@@ -58,8 +58,7 @@ fn start(root: &Path, name: &str, port: u16, seed: Option<u16>, version: u32) ->
         &config,
         format!(
             "actions_per_second = 1000000\nmax_sessions = 5000\nmax_live_instances = 5000\n\
-             snapshot_every = 16\n[cluster]\nhost_version = {version}\ndrain_deadline_ms = 60000\n{}",
-            std::env::var("MAX_MOVES").map(|m| format!("max_moves = {m}\n")).unwrap_or_default()
+             snapshot_every = 16\n[cluster]\nhost_version = {version}\ndrain_deadline_ms = 60000\n"
         ),
     )
     .expect("config");
@@ -504,9 +503,6 @@ pub(super) fn run_benchmark() {
         "cutover benchmark: node-a hands every session to node-c on SIGTERM; players act on acknowledgement through node-b"
     );
     for (workload, n, label) in workloads(sessions) {
-        if std::env::var_os("DRAIN_ONLY").is_some() {
-            break;
-        }
         let mut cluster = Cluster::start(Path::new(&parent));
         if let Workload::Ballast(_) = workload {
             publish(cluster.a.addr, baton_games::MISBEHAVE.bytes);
