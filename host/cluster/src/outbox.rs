@@ -115,15 +115,14 @@ impl Outbox {
         let written = self.written;
         self.sessions.retain(|_, g| *g > written);
         self.journals.retain(|_, g| *g > written);
-        let mut ready = Vec::new();
-        self.held.retain_mut(|(g, to, message)| {
-            if *g > written {
-                return true;
-            }
-            ready.push((to.clone(), message.clone()));
-            false
-        });
+        let (ready, held): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(g, _, _)| *g <= written);
+        self.held = held;
         ready
+            .into_iter()
+            .map(|(_, to, message)| (to, message))
+            .collect()
     }
 
     /// Messages waiting for a write.

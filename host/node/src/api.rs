@@ -416,6 +416,7 @@ fn visible(batch: &EventBatch, player: Option<&str>) -> Option<EventsMessage> {
 /// Close codes (4000-4999 are the application's).
 pub(crate) mod close {
     pub(crate) const GOING_AWAY: u16 = 1001;
+    pub(crate) const INTERNAL: u16 = 1011;
     pub(crate) const BAD_MESSAGE: u16 = 4400;
     pub(crate) const BAD_TOKEN: u16 = 4401;
     pub(crate) const NO_SESSION: u16 = 4404;
@@ -711,7 +712,24 @@ async fn connection(app: App, id: String, mut socket: impl Follow) {
             };
             return left(app, id, socket, resume, m).await;
         }
-        Err(e) => return close_with(socket, close::BAD_MESSAGE, &e.to_string()).await,
+        // Not servable here right now (moving, or no lease yet): follow it
+        // or tell the player to reconnect, never blame its message.
+        Err(NodeError::Moved(m) | NodeError::Unavailable(m)) => {
+            let resume = Resume {
+                token,
+                after: after_seq,
+                joined: true,
+                ..Resume::default()
+            };
+            return left(app, id, socket, resume, m).await;
+        }
+        Err(e @ NodeError::BadRequest(_)) => {
+            return close_with(socket, close::BAD_MESSAGE, &e.to_string()).await;
+        }
+        Err(e) => {
+            tracing::warn!(session = %id, error = %e, "a player could not join");
+            return close_with(socket, close::INTERNAL, &e.to_string()).await;
+        }
     };
     let me = player.as_deref();
     let (status, result) = status_fields(&joined.status);
