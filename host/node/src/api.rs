@@ -703,18 +703,9 @@ async fn connection(app: App, id: String, mut socket: impl Follow) {
     let after_seq = after.filter(|p| p.epoch == 1).map(|p| p.seq);
     let joined = match app.node.join(&id, viewer, after_seq).await {
         Ok(joined) => joined,
-        Err(NodeError::NotFound(m)) => {
-            let resume = Resume {
-                token,
-                after: after_seq,
-                joined: true,
-                ..Resume::default()
-            };
-            return left(app, id, socket, resume, m).await;
-        }
-        // Not servable here right now (moving, or no lease yet): follow it
-        // or tell the player to reconnect, never blame its message.
-        Err(NodeError::Moved(m) | NodeError::Unavailable(m)) => {
+        // Not here, or not servable here right now (moving, no lease yet):
+        // follow it or tell the player to reconnect, never blame its message.
+        Err(NodeError::NotFound(m) | NodeError::Moved(m) | NodeError::Unavailable(m)) => {
             let resume = Resume {
                 token,
                 after: after_seq,
