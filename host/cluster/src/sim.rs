@@ -132,6 +132,11 @@ impl Slot {
     fn running(&self, real: u64) -> bool {
         self.node.is_some() && real >= self.paused_until
     }
+
+    /// Drained away, or crashed with no restart to come.
+    fn gone_for_good(&self) -> bool {
+        self.gone || (self.node.is_none() && self.restart_at.is_none())
+    }
 }
 
 /// A node's store as a host keeps it: journal entries by position, one
@@ -427,7 +432,7 @@ impl Sim {
         let gone: Vec<String> = self
             .slots
             .iter()
-            .filter(|s| s.gone || (s.node.is_none() && s.restart_at.is_none()))
+            .filter(|s| s.gone_for_good())
             .map(|s| s.name.clone())
             .collect();
         // Through any one running node; the records carry it to the rest.
@@ -877,10 +882,10 @@ impl Sim {
                             .iter()
                             .any(|s| s.node.as_ref().is_some_and(|n| n.is_evicted(name)));
                         evicted
-                            || self.slots.iter().any(|s| {
-                                s.name == name
-                                    && (s.gone || (s.node.is_none() && s.restart_at.is_none()))
-                            })
+                            || self
+                                .slots
+                                .iter()
+                                .any(|s| s.name == name && s.gone_for_good())
                     };
                     let both_gone = record
                         .as_ref()

@@ -112,11 +112,8 @@ impl Server {
     /// `BATON_BENCH_LOGS=<dir>`, each server's log goes to a file there.
     fn start(mut command: Command, token: String) -> Server {
         let log = std::env::var_os("BATON_BENCH_LOGS").and_then(|dir| {
-            let name = format!(
-                "server-{}.log",
-                std::process::id() as u128
-                    + NEXT_LOG.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as u128
-            );
+            let n = NEXT_LOG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("server-{}-{n}.log", std::process::id());
             std::fs::File::create(std::path::Path::new(&dir).join(name)).ok()
         });
         let mut child = command
