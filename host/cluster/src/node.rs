@@ -370,7 +370,8 @@ pub enum Event {
         session: String,
         /// The epoch it owned.
         epoch: u64,
-        /// The new owner, when this node handed the session to it.
+        /// The new owner, when known: this node handed the session to it, or
+        /// the records that made it step down name it.
         to: Option<NodeId>,
     },
     /// A handoff of an owned session to `to` began: the host may warm the
@@ -1347,8 +1348,14 @@ impl ClusterNode {
         {
             let old = o.epoch;
             self.roles.remove(session);
+            // The records may already name the newer owner (its delta can
+            // overtake a transfer's acknowledgement): players follow it.
+            let to = self
+                .record(session)
+                .filter(|r| r.epoch >= epoch && r.owner != self.id)
+                .map(|r| r.owner.clone());
             self.events.push(Event::SteppedDown {
-                to: None,
+                to,
                 session: session.to_owned(),
                 epoch: old,
             });

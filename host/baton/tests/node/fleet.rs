@@ -187,14 +187,17 @@ pub(crate) fn until_replica_snapshot(nodes: &BTreeMap<String, Node>, id: &str, w
 pub(crate) fn counter(nodes: &BTreeMap<String, Node>, metric: &str, labels: &str) -> u64 {
     nodes
         .values()
-        .map(|node| {
-            let (_, text) = node.http("GET", "/metrics", None, b"");
-            let text = text.as_str().unwrap_or_default().to_owned();
-            text.lines()
-                .filter(|line| line.starts_with(metric) && line.contains(labels))
-                .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum::<u64>()
-        })
+        .map(|node| node_counter(node, metric, labels))
+        .sum()
+}
+
+/// The sum of `metric`'s series with `labels` on one node.
+pub(crate) fn node_counter(node: &Node, metric: &str, labels: &str) -> u64 {
+    let (_, text) = node.http("GET", "/metrics", None, b"");
+    let text = text.as_str().unwrap_or_default().to_owned();
+    text.lines()
+        .filter(|line| line.starts_with(metric) && line.contains(labels))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
 
