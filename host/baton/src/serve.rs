@@ -6,6 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use baton_node::{Node, NodeConfig};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// How `baton serve` is configured. Everything is optional.
 #[derive(Debug, clap::Args)]
@@ -31,6 +34,10 @@ pub(crate) struct ServeArgs {
     /// Log lines as JSON (one object per line) instead of for humans.
     #[arg(long, env = "BATON_LOG_JSON")]
     log_json: bool,
+    /// What to log: a level (`error`, `warn`, `info`, `debug`, `trace`) or
+    /// per-crate directives, e.g. `baton_node=debug,info`.
+    #[arg(long, env = "BATON_LOG", default_value = "info")]
+    log: Targets,
     /// Join a cluster, known by this name (the DNS name in its certificate).
     #[arg(long, env = "BATON_NODE_NAME")]
     node_name: Option<String>,
@@ -114,12 +121,12 @@ fn config(args: &ServeArgs) -> anyhow::Result<NodeConfig> {
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
+        .with_max_level(tracing::Level::TRACE)
         .with_target(false);
     if args.log_json {
-        subscriber.json().init();
+        subscriber.json().finish().with(args.log.clone()).init();
     } else {
-        subscriber.init();
+        subscriber.finish().with(args.log.clone()).init();
     }
     let config = config(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

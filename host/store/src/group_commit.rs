@@ -10,6 +10,9 @@ use crate::{Store, StoreError, Write};
 /// without bound.
 const MAX_BATCH: usize = 4096;
 
+/// A commit that takes this long is logged (at debug level).
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Called once an append is durable, or failed.
 type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
@@ -111,8 +114,17 @@ impl GroupCommit {
         position: u64,
         entry: Vec<u8>,
     ) -> Result<(), StoreError> {
+        self.submit_and_wait(vec![Write::Entry {
+            session: session.to_owned(),
+            position,
+            entry,
+        }])
+    }
+
+    /// Submits `writes` and waits until they are durable (blocking).
+    pub fn submit_and_wait(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.append(session, position, entry, move |result| {
+        self.submit(writes, move |result| {
             let _ = tx.send(result);
         });
         rx.recv().unwrap_or(Err(StoreError::Closed))
@@ -161,10 +173,14 @@ fn write_loop(store: &dyn Store, pending: &mpsc::Receiver<Pending>, stats: &Comm
             .iter_mut()
             .flat_map(|p| std::mem::take(&mut p.writes))
             .collect();
+        let started = std::time::Instant::now();
         let result = match &failed {
             Some(e) => Err(e.clone()),
             None => store.commit(&writes),
         };
+        if started.elapsed() >= SLOW_COMMIT {
+            tracing::debug!(writes = writes.len(), submissions = batch.len(), took = ?started.elapsed(), "slow group commit");
+        }
         if let Err(e) = &result {
             failed.get_or_insert_with(|| e.clone());
         }

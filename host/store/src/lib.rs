@@ -78,6 +78,21 @@ pub enum Write {
         /// The journal's length now.
         len: u64,
     },
+    /// A session's snapshot taken at `position`, replacing an older one (a
+    /// newer one already stored stays). With `drop_covered`, the journal
+    /// entries it covers (those before it) go too; a cluster node keeps
+    /// them, since its journals belong to the cluster protocol, which counts
+    /// every entry.
+    Snapshot {
+        /// The session.
+        session: String,
+        /// The journal position the snapshot was taken at.
+        position: u64,
+        /// The snapshot's bytes (shared: they are often shipped too).
+        snapshot: std::sync::Arc<Vec<u8>>,
+        /// Drop the journal entries before `position`.
+        drop_covered: bool,
+    },
     /// A row of the cluster protocol's state, opaque here: set, or deleted
     /// when `value` is `None`.
     State {
@@ -150,17 +165,22 @@ pub trait Store: Send + Sync + 'static {
     /// A session's journal entries from `from` on, in order.
     fn journal(&self, session: &str, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 
-    /// Stores a session's snapshot taken at `position`, replacing older
-    /// ones. With `drop_covered`, also drops the journal entries it covers
-    /// (those before it); a cluster node keeps them, since its journals
-    /// belong to the cluster protocol, which counts every entry.
+    /// Stores a session's snapshot in a commit of its own (see
+    /// [`Write::Snapshot`]); a node writes them through its group commit.
     fn put_snapshot(
         &self,
         session: &str,
         position: u64,
         snapshot: &[u8],
         drop_covered: bool,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.commit(&[Write::Snapshot {
+            session: session.to_owned(),
+            position,
+            snapshot: std::sync::Arc::new(snapshot.to_vec()),
+            drop_covered,
+        }])
+    }
 
     /// A session's latest snapshot and its position.
     fn snapshot(&self, session: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError>;

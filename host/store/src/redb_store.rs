@@ -169,6 +169,7 @@ impl Store for RedbStore {
         {
             let mut journal = txn.open_table(JOURNAL).map_err(io)?;
             let mut cluster = txn.open_table(CLUSTER).map_err(io)?;
+            let mut snapshots = txn.open_table(SNAPSHOTS).map_err(io)?;
             for write in writes {
                 match write {
                     Write::Entry {
@@ -199,6 +200,35 @@ impl Store for RedbStore {
                     Write::State { key, value: None } => {
                         cluster.remove(key.as_slice()).map_err(io)?;
                     }
+                    Write::Snapshot {
+                        session,
+                        position,
+                        snapshot,
+                        drop_covered,
+                    } => {
+                        let newer = snapshots
+                            .get(session.as_str())
+                            .map_err(io)?
+                            .and_then(|v| v.value().get(..8)?.try_into().ok())
+                            .map(u64::from_le_bytes)
+                            .is_some_and(|existing| existing > *position);
+                        if newer {
+                            // A newer snapshot is already durable: keep it.
+                            continue;
+                        }
+                        let mut value = Vec::with_capacity(8 + snapshot.len());
+                        value.extend_from_slice(&position.to_le_bytes());
+                        value.extend_from_slice(snapshot);
+                        snapshots.insert(session.as_str(), &value[..]).map_err(io)?;
+                        if *drop_covered {
+                            journal
+                                .retain_in(
+                                    (session.as_str(), 0)..(session.as_str(), *position),
+                                    |_, _| false,
+                                )
+                                .map_err(io)?;
+                        }
+                    }
                 }
             }
         }
@@ -228,43 +258,6 @@ impl Store for RedbStore {
             out.push((key.value().1, entry.value().to_vec()));
         }
         Ok(out)
-    }
-
-    fn put_snapshot(
-        &self,
-        session: &str,
-        position: u64,
-        snapshot: &[u8],
-        drop_covered: bool,
-    ) -> Result<(), StoreError> {
-        let mut value = Vec::with_capacity(8 + snapshot.len());
-        value.extend_from_slice(&position.to_le_bytes());
-        value.extend_from_slice(snapshot);
-        let txn = self.db.begin_write().map_err(io)?;
-        {
-            let mut snapshots = txn.open_table(SNAPSHOTS).map_err(io)?;
-            let newer = snapshots
-                .get(session)
-                .map_err(io)?
-                .and_then(|v| {
-                    v.value()
-                        .get(..8)
-                        .map(|p| u64::from_le_bytes(p.try_into().unwrap_or_default()))
-                })
-                .is_some_and(|existing| existing > position);
-            if newer {
-                // A newer snapshot is already durable: keep it.
-                return Ok(());
-            }
-            snapshots.insert(session, &value[..]).map_err(io)?;
-            if drop_covered {
-                let mut journal = txn.open_table(JOURNAL).map_err(io)?;
-                journal
-                    .retain_in((session, 0)..(session, position), |_, _| false)
-                    .map_err(io)?;
-            }
-        }
-        txn.commit().map_err(io)
     }
 
     fn snapshot(&self, session: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
