@@ -350,12 +350,19 @@ enum ClientMessage {
         token: Option<String>,
         #[serde(default)]
         after: Option<Position>,
+        /// `false`: resuming with the view the client holds (see `Node::join`).
+        #[serde(default = "yes")]
+        view: bool,
     },
     /// An action, with the client's id for it.
     Act {
         id: String,
         action: serde_json::Value,
     },
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What the node sends.
@@ -368,7 +375,8 @@ enum ServerMessage<'a> {
         position: Position,
         status: &'static str,
         result: Option<serde_json::Value>,
-        view: serde_json::Value,
+        /// `null` when a resuming client asked for none (`view: false`).
+        view: Option<serde_json::Value>,
         /// Events after `after`, when resuming.
         missed: Vec<EventsMessage>,
         /// `after` was too old: the missed events are gone; the view is current.
@@ -671,8 +679,8 @@ async fn connection(app: App, id: String, mut socket: impl Follow) {
     let Ok(Some(Ok(Message::Text(text)))) = first else {
         return close_with(socket, close::BAD_MESSAGE, "send a join message first").await;
     };
-    let (token, after) = match serde_json::from_str::<ClientMessage>(&text) {
-        Ok(ClientMessage::Join { token, after }) => (token, after),
+    let (token, after, want_view) = match serde_json::from_str::<ClientMessage>(&text) {
+        Ok(ClientMessage::Join { token, after, view }) => (token, after, view),
         Ok(_) => return close_with(socket, close::BAD_MESSAGE, "send a join message first").await,
         Err(e) => {
             return close_with(
@@ -701,7 +709,7 @@ async fn connection(app: App, id: String, mut socket: impl Follow) {
     };
     // Another epoch's positions mean nothing here: resync from the view.
     let after_seq = after.filter(|p| p.epoch == 1).map(|p| p.seq);
-    let joined = match app.node.join(&id, viewer, after_seq).await {
+    let joined = match app.node.join(&id, viewer, after_seq, want_view).await {
         Ok(joined) => joined,
         // Not here, or not servable here right now (moving, no lease yet):
         // follow it or tell the player to reconnect, never blame its message.
@@ -730,6 +738,7 @@ async fn connection(app: App, id: String, mut socket: impl Follow) {
         .flatten()
         .filter_map(|b| visible(b, me))
         .collect();
+    tracing::debug!(session = %id, position = joined.position, resumed = after_seq.is_some(), view = joined.view.is_some(), "a player joined");
     let hello = ServerMessage::Joined {
         module: &joined.module,
         player: me,

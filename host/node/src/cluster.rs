@@ -349,6 +349,7 @@ async fn follow(node: Arc<Node>, mut events: broadcast::Receiver<Event>) {
             }) => {
                 // Stamped and looked up now, before the session can move away.
                 let at = crate::handoff::now_us();
+                tracing::debug!(%session, position = len, target = %to.name, "fenced for the handoff");
                 if let Ok(cell) = node.cell_by_id(&session) {
                     // Counted here, before the drain can see it end.
                     node.fence_notes.send_modify(|n| *n += 1);
@@ -357,6 +358,8 @@ async fn follow(node: Arc<Node>, mut events: broadcast::Receiver<Event>) {
             }
             // Epoch 1 is a creation: the creating call starts it itself.
             Ok(Event::Owner { session, epoch }) if epoch > 1 => {
+                tracing::debug!(%session, epoch, "owns the session now; restoring it");
+                node.note_owned(&session);
                 let node = node.clone();
                 tokio::spawn(async move {
                     if let Err(e) = node.adopt(&session).await {

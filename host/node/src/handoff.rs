@@ -5,7 +5,8 @@
 //! 1. **Warm** (the core says `HandingOff`): the owner captures the session
 //!    and sends the target a whole snapshot while the session keeps
 //!    serving; then it tells the core the target is warm, and only then
-//!    does the core fence. The target's takeover restores that snapshot and
+//!    does the core fence. The target stores the snapshot and restores it
+//!    at once into a [`Standby`] instance, so that its takeover only
 //!    replays the few entries after it.
 //! 2. **Fence** (the core says `Fenced`): the owner waits for the call in
 //!    flight, hashes the instance's memory at the fence and sends the
@@ -14,8 +15,9 @@
 //!    time from the fence to the first action applied here (the cutover)
 //!    make the session's [`Arrival`], reported with the session.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use baton_cluster::NodeId;
 use serde::{Deserialize, Serialize};
@@ -23,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::{Forward, RemoteError, read_json, write_json};
 use crate::error::NodeError;
 use crate::node::{Node, SessionCell};
-use crate::snapshots::{self, Tail};
+use crate::snapshots::{self, SnapshotMeta, Tail};
 
 /// Microseconds since the Unix epoch: fence and arrival are stamped on two
 /// nodes' clocks (one clock on one machine; across machines the cutover
@@ -33,6 +35,30 @@ pub(crate) fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
 }
+
+/// A session restored on a handoff's target from the owner's warm
+/// snapshot, before the transfer: the takeover starts from it if the
+/// journal still agrees, as it would from the stored snapshot it equals.
+pub(crate) struct Standby {
+    /// The journal position of the snapshot.
+    pub(crate) position: u64,
+    /// The bookkeeping stored with it.
+    pub(crate) meta: SnapshotMeta,
+    pub(crate) session: baton_runtime::Session,
+    since: Instant,
+}
+
+/// Most standbys a node holds (each is an instance and its memory); warm
+/// snapshots past that are only stored.
+const MAX_STANDBYS: usize = 64;
+
+/// A standby whose transfer never came (the handoff was called off) is
+/// dropped after this long.
+const STANDBY_TTL: Duration = Duration::from_secs(60);
+
+/// How long a player who follows a session here at its fence waits for the
+/// transfer before being sent back to the owner the records name.
+pub(crate) const STANDBY_WAIT: Duration = Duration::from_secs(1);
 
 /// What the old owner tells the target at the fence.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -65,6 +91,9 @@ pub struct Arrival {
     pub fence_digest: Option<String>,
     /// Whether the two hashes are equal (absent until both are known).
     pub exact: Option<bool>,
+    /// Milliseconds from the fence until this node owned the session (the
+    /// protocol's part of the handoff: last entries, handover, transfer).
+    pub owned_ms: Option<f64>,
     /// Milliseconds from the fence until the session was restored here,
     /// ready to apply.
     pub ready_ms: Option<f64>,
@@ -75,6 +104,8 @@ pub struct Arrival {
     pub(crate) module: String,
     #[serde(skip)]
     pub(crate) fenced_at_us: Option<u64>,
+    #[serde(skip)]
+    pub(crate) owned_us: Option<u64>,
     #[serde(skip)]
     pub(crate) restored_us: Option<u64>,
     #[serde(skip)]
@@ -89,8 +120,9 @@ impl Arrival {
             self.exact = Some(*fence == self.restored_digest);
         }
         let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1000.0;
-        if let (Some(fenced), Some(restored)) = (self.fenced_at_us, self.restored_us) {
-            self.ready_ms = Some(ms(fenced, restored));
+        if let Some(fenced) = self.fenced_at_us {
+            self.owned_ms = self.owned_us.map(|owned| ms(fenced, owned));
+            self.ready_ms = self.restored_us.map(|restored| ms(fenced, restored));
         }
         match (self.cutover_ms, self.fenced_at_us, self.first_applied_us) {
             (None, Some(fenced), Some(applied)) => {
@@ -142,7 +174,7 @@ async fn send_snapshot(node: &Arc<Node>, id: &str, to: &str) -> Result<Option<u6
     else {
         return Ok(None);
     };
-    snapshots::offer_whole(mesh, to, id, position, &sealed, tail).await?;
+    snapshots::offer_whole(mesh, to, id, position, &sealed, tail, true).await?;
     Ok(Some(sealed.len() as u64))
 }
 
@@ -170,6 +202,7 @@ pub(crate) async fn fenced(
     if !speaks_handoff(mesh, &to.name).await {
         return;
     }
+    node.send_players_ahead(&cell, &to.name);
     let digest = match node.digest_at(cell, position).await {
         Ok(digest) => digest,
         Err(e) => {
@@ -205,6 +238,67 @@ async fn speaks_handoff(mesh: &baton_transport::Mesh, to: &str) -> bool {
 }
 
 impl Node {
+    /// Restores a warm snapshot of session `id` into a standby instance
+    /// (blocking), if there is room.
+    pub(crate) fn prepare_standby(
+        &self,
+        id: &str,
+        limits: baton_runtime::Limits,
+        image: baton_runtime::Image,
+        meta: SnapshotMeta,
+    ) {
+        let position = image.position;
+        {
+            let mut standbys = self.standbys();
+            standbys.retain(|_, s| s.since.elapsed() < STANDBY_TTL);
+            if standbys.len() >= MAX_STANDBYS && !standbys.contains_key(id) {
+                return;
+            }
+        }
+        match self.restore_image(id, limits, image) {
+            Ok(session) => {
+                let standby = Standby {
+                    position,
+                    meta,
+                    session,
+                    since: Instant::now(),
+                };
+                self.standbys().insert(id.to_owned(), standby);
+                tracing::debug!(session = %id, position, "restored ahead of the handoff");
+            }
+            Err(e) => {
+                tracing::debug!(session = %id, error = %e, "no standby; the takeover restores from the store");
+            }
+        }
+    }
+
+    /// The standby of session `id`, if one was prepared.
+    pub(crate) fn take_standby(&self, id: &str) -> Option<Standby> {
+        self.standbys().remove(id)
+    }
+
+    /// Whether session `id` is restored here ahead of its transfer.
+    pub(crate) fn standing_by(&self, id: &str) -> bool {
+        self.standbys()
+            .get(id)
+            .is_some_and(|s| s.since.elapsed() < STANDBY_TTL)
+    }
+
+    /// At the fence: the session's players here go to the target now, and
+    /// wait there for the transfer (see [`STANDBY_WAIT`]), instead of
+    /// learning of the move once it is acknowledged.
+    pub(crate) fn send_players_ahead(&self, cell: &SessionCell, to: &str) {
+        let _ = cell
+            .moved
+            .send(crate::node::Location::Moved(Some(to.to_owned())));
+    }
+
+    fn standbys(&self) -> std::sync::MutexGuard<'_, HashMap<String, Standby>> {
+        self.standbys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Records a fence note from a session's previous owner.
     pub(crate) fn note_fence(&self, note: FenceNote) {
         self.with_arrival(&note.session, |arrival| {
@@ -212,6 +306,13 @@ impl Node {
             arrival.fence_digest = Some(note.digest);
             arrival.fenced_at_us = Some(note.fenced_at_us);
         });
+    }
+
+    /// Records that this node came to own a session (the transfer or the
+    /// promotion arrived); its restore follows.
+    pub(crate) fn note_owned(&self, id: &str) {
+        let at = now_us();
+        self.with_arrival(id, |arrival| arrival.owned_us = Some(at));
     }
 
     /// Records the restore of a session taken over here.
@@ -235,6 +336,7 @@ impl Node {
     /// Records the first action applied after a takeover: the cutover's end.
     pub(crate) fn note_applied(&self, id: &str) {
         let at = now_us();
+        tracing::debug!(session = %id, "first action applied after the takeover");
         self.with_arrival(id, |arrival| {
             arrival.first_applied_us.get_or_insert(at);
         });

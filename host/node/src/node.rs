@@ -56,7 +56,7 @@ pub(crate) struct SessionRecord {
 
 impl SessionRecord {
     /// The node's record of session `id`, as carried in its cluster record.
-    fn from_cluster(
+    pub(crate) fn from_cluster(
         id: &str,
         record: &baton_cluster::node::SessionRecord,
     ) -> Result<Self, NodeError> {
@@ -185,7 +185,7 @@ pub(crate) struct SessionCell {
     ticker: Notify,
     /// Changes when the session moved to another node: its players'
     /// connections here follow it, its ticker stops.
-    moved: watch::Sender<Location>,
+    pub(crate) moved: watch::Sender<Location>,
     /// Ships its checkpoints to its replica (in a cluster).
     shipper: Arc<Shipper>,
     /// Taken over here and no action applied yet: the next one ends the
@@ -304,6 +304,8 @@ pub struct Node {
     adopted: watch::Sender<u64>,
     /// How sessions taken over here arrived (see `handoff`).
     arrivals: std::sync::Mutex<HashMap<String, crate::handoff::Arrival>>,
+    /// Sessions restored ahead of a handoff's transfer (see `handoff`).
+    pub(crate) standbys: std::sync::Mutex<HashMap<String, crate::handoff::Standby>>,
     /// Until when (ms since the epoch) the node reports not-ready after the
     /// instance pool or the store failed.
     degraded_until: std::sync::atomic::AtomicU64,
@@ -389,6 +391,7 @@ impl Node {
             shutting_down: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             adopted: watch::channel(0).0,
+            standbys: std::sync::Mutex::default(),
             players: watch::channel(0).0,
             fence_notes: watch::channel(0).0,
             arrivals: std::sync::Mutex::default(),
@@ -974,12 +977,16 @@ impl Node {
     /// events, collects the batches after `after` that the client missed
     /// (`None` if some are no longer held: the client must resync from the
     /// view), and renders the view. Every live event then has a position at
-    /// or after the one returned: no gap, no duplicate.
+    /// or after the one returned: no gap, no duplicate. A client that holds
+    /// the view (`view: false`, resuming) and missed nothing that is gone
+    /// gets none: the view is a journaled guest call, and skipping it keeps
+    /// a moved connection's resume off the replicated path.
     pub(crate) async fn join(
         self: &Arc<Self>,
         id: &str,
         viewer: Viewer,
         after: Option<u64>,
+        view: bool,
     ) -> Result<Joined, NodeError> {
         let cell = self.cell_by_id(id)?;
         let state = cell.state.clone().lock_owned().await;
@@ -994,15 +1001,20 @@ impl Node {
                     .collect::<Vec<_>>()
             })
         });
-        let (state, view) = self.render_view(&cell, state, viewer).await?;
         let resync = matches!(missed, Some(None));
+        let (state, view) = if view || after.is_none() || resync {
+            let (state, view) = self.render_view(&cell, state, viewer).await?;
+            (state, Some(view))
+        } else {
+            (state, None)
+        };
         Ok(Joined {
             module: module_id(&state.module),
             receiver,
             missed: missed.flatten(),
             resync,
-            // The last position the view reflects (the view call itself):
-            // every later event has a greater one.
+            // The last position the view reflects (the view call itself, or
+            // the last entry): every later event has a greater one.
             position: state.position.saturating_sub(1),
             view,
             status: state.status.clone(),
@@ -1067,7 +1079,7 @@ impl Node {
             return Ok(());
         }
         let id = &cell.record.id;
-        let (mut session, from) = self.restore_stored(cell, state, |_, _| true)?;
+        let (mut session, from) = self.restore_stored(cell, state, None, |_, _| true)?;
         // Entries at or past a known position were never durable (a cluster
         // replica may keep an older epoch's until they are overwritten).
         let known = state.position;
@@ -1082,64 +1094,90 @@ impl Node {
         Ok(())
     }
 
-    /// The session as this node's stored snapshot has it, if there is one
-    /// and `fits(position, meta)` accepts it, else a fresh instance; with
-    /// the journal position to replay from.
+    /// The session as `standby` or else this node's stored snapshot has
+    /// it, if there is one and `fits(position, meta)` accepts it, else a
+    /// fresh instance; with the journal position to replay from.
     fn restore_stored(
         &self,
         cell: &SessionCell,
         state: &mut SessionState,
-        fits: impl FnOnce(u64, &SnapshotMeta) -> bool,
+        standby: Option<crate::handoff::Standby>,
+        fits: impl Fn(u64, &SnapshotMeta) -> bool,
     ) -> Result<(Session, u64), NodeError> {
         let limits = cell.record.limits.clone();
-        let stored = self.store.snapshot(&cell.record.id)?;
-        if let Some((position, stored)) = &stored {
-            let (meta, bytes) = snapshots::open(stored)?;
-            if fits(*position, &meta) {
-                // An upgraded session's snapshot is of the module it runs now.
-                let image = baton_runtime::Image::decode(bytes)
-                    .map_err(|e| NodeError::Internal(e.to_string()))?;
-                let module = self.module_by_hash(&image.module.to_hex()).ok_or_else(|| {
-                    NodeError::Internal(format!(
-                        "the snapshot of {} is of module {}, which is not here",
-                        cell.record.id, image.module
-                    ))
-                })?;
-                let session = Session::restore_image(module, limits, Arc::new(image))
-                    .map_err(|e| NodeError::Internal(e.to_string()))?;
-                if state.position < *position {
-                    // This process never saw what came before the snapshot
-                    // (it just started, or took the session over): take the
-                    // bookkeeping stored with it; the events before it are
-                    // gone.
-                    state.ring.clear();
-                    state.ring_from = *position;
-                    state.next_tick = meta.next_tick;
-                    if let Some(status) = meta.status {
-                        state.status = status;
-                    }
-                    for (player, client_id, outcome) in meta.acts {
-                        state.acts.remember(player, client_id, outcome);
+        let restored = match standby {
+            // Restored already, when a handoff warmed this node.
+            Some(standby) if fits(standby.position, &standby.meta) => {
+                Some((standby.position, standby.meta, standby.session))
+            }
+            _ => match self.store.snapshot(&cell.record.id)? {
+                Some((position, stored)) => {
+                    let (meta, bytes) = snapshots::open(&stored)?;
+                    if fits(position, &meta) {
+                        let image = baton_runtime::Image::decode(bytes)
+                            .map_err(|e| NodeError::Internal(e.to_string()))?;
+                        let session = self.restore_image(&cell.record.id, limits.clone(), image)?;
+                        Some((position, meta, session))
+                    } else {
+                        None
                     }
                 }
-                return Ok((session, *position));
+                None => None,
+            },
+        };
+        let Some((position, meta, session)) = restored else {
+            let session =
+                Session::new(cell.origin.clone(), limits).map_err(NodeError::from_call)?;
+            return Ok((session, 0));
+        };
+        if state.position < position {
+            // This process never saw what came before the snapshot (it just
+            // started, or took the session over): take the bookkeeping
+            // stored with it; the events before it are gone.
+            state.ring.clear();
+            state.ring_from = position;
+            state.next_tick = meta.next_tick;
+            if let Some(status) = meta.status {
+                state.status = status;
+            }
+            for (player, client_id, outcome) in meta.acts {
+                state.acts.remember(player, client_id, outcome);
             }
         }
-        let session = Session::new(cell.origin.clone(), limits).map_err(NodeError::from_call)?;
-        Ok((session, 0))
+        Ok((session, position))
+    }
+
+    /// A session restored from `image`, of the module it names (an
+    /// upgraded session's snapshot is of the module it runs now).
+    pub(crate) fn restore_image(
+        &self,
+        id: &str,
+        limits: baton_runtime::Limits,
+        image: baton_runtime::Image,
+    ) -> Result<Session, NodeError> {
+        let module = self.module_by_hash(&image.module.to_hex()).ok_or_else(|| {
+            NodeError::Internal(format!(
+                "the snapshot of {id} is of module {}, which is not here",
+                image.module
+            ))
+        })?;
+        Session::restore_image(module, limits, Arc::new(image))
+            .map_err(|e| NodeError::Internal(e.to_string()))
     }
 
     /// Rebuilds a session from this node's copy of its cluster journal:
-    /// from the replica snapshot stored here if the journal agrees with it
-    /// (else from the start), then the entries after it. Returns the
-    /// session and the snapshot position it started from.
+    /// from `standby` (restored ahead of a handoff) or else the replica
+    /// snapshot stored here, if the journal agrees with it (else from the
+    /// start), then the entries after it. Returns the session and the
+    /// snapshot position it started from.
     fn rebuild(
         &self,
         cell: &SessionCell,
         state: &mut SessionState,
         journal: Vec<baton_cluster::node::JournalEntry>,
+        standby: Option<crate::handoff::Standby>,
     ) -> Result<(Session, u64), NodeError> {
-        let (mut session, from) = self.restore_stored(cell, state, |position, meta| {
+        let (mut session, from) = self.restore_stored(cell, state, standby, |position, meta| {
             let before = position
                 .checked_sub(1)
                 .and_then(|b| journal.get(b as usize));
@@ -1240,6 +1278,7 @@ impl Node {
         let mut records = mesh.records_changed();
         let give_up = tokio::time::Instant::now() + TAKEOVER_WAIT;
         let unknown_until = tokio::time::Instant::now() + RECORD_WAIT;
+        let standby_until = tokio::time::Instant::now() + crate::handoff::STANDBY_WAIT;
         loop {
             if self.sessions_read().contains_key(id) {
                 return Ok(None);
@@ -1247,9 +1286,16 @@ impl Node {
             let record = mesh.record(id).await;
             let known = record.is_some();
             match record {
-                Some(record) if record.owner.name != mesh.name() => {
+                // A handoff is bringing it here (players follow it from
+                // the fence on): wait a moment for the transfer.
+                Some(record)
+                    if record.owner.name != mesh.name()
+                        && !(self.standing_by(id)
+                            && tokio::time::Instant::now() < standby_until) =>
+                {
                     return Ok(Some(record.owner.name));
                 }
+                Some(record) if record.owner.name != mesh.name() => {}
                 // Taken over here right now: wait for the takeover.
                 Some(_) => {}
                 // Created a moment ago elsewhere: its record is on its way.
@@ -1263,6 +1309,7 @@ impl Node {
             tokio::select! {
                 _ = adopted.changed() => {}
                 _ = records.changed() => {}
+                () = tokio::time::sleep_until(standby_until), if self.standing_by(id) => {}
                 () = tokio::time::sleep_until(unknown_until), if !known => {}
                 () = tokio::time::sleep_until(give_up) => {
                     return Err(NodeError::Unavailable(format!(
@@ -1314,10 +1361,11 @@ impl Node {
         let state = cell.state.clone().lock_owned().await;
         let node = self.clone();
         let rebuilt = cell.clone();
+        let standby = self.take_standby(id);
         let (state, rebuilt) = tokio::task::spawn_blocking(move || {
             let mut state = state;
             let result = (|| {
-                let (mut session, from) = node.rebuild(&rebuilt, &mut state, journal)?;
+                let (mut session, from) = node.rebuild(&rebuilt, &mut state, journal, standby)?;
                 let digest = session.state_digest().map_err(NodeError::from_call)?;
                 state.live = Some(session);
                 // The store's journal may still be catching up: a snapshot
@@ -1483,7 +1531,7 @@ impl Node {
                     // A throwaway copy: the live bookkeeping stays as it is.
                     let copy = node.cell(cell.record.clone(), cell.origin.clone());
                     let mut scratch = copy.state.blocking_lock();
-                    let (mut session, _) = node.rebuild(&copy, &mut scratch, journal)?;
+                    let (mut session, _) = node.rebuild(&copy, &mut scratch, journal, None)?;
                     Some(session.state_digest())
                 }
             };
@@ -1516,7 +1564,7 @@ impl Node {
         let node = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut state = cell.state.blocking_lock();
-            let (mut session, snapshot) = node.rebuild(&cell, &mut state, journal)?;
+            let (mut session, snapshot) = node.rebuild(&cell, &mut state, journal, None)?;
             let digest = session.state_digest().map_err(NodeError::from_call)?;
             Ok(ReplicaState {
                 owner: record.owner.name.clone(),
@@ -1767,12 +1815,15 @@ impl Node {
             &pending.meta.to_json(),
             &pending.image.encode(),
         ));
-        match self.store.put_snapshot(
-            &pending.id,
-            pending.image.position,
-            &sealed,
-            self.config.cluster.is_none(),
-        ) {
+        // Through the group commit: one fsync with the journal entries
+        // queued alongside, never a commit of its own holding them up.
+        let write = baton_store::Write::Snapshot {
+            session: pending.id.clone(),
+            position: pending.image.position,
+            snapshot: sealed.clone(),
+            drop_covered: self.config.cluster.is_none(),
+        };
+        match self.journal.submit_and_wait(vec![write]) {
             Ok(()) => {
                 self.metrics
                     .snapshot(&pending.module, sealed.len() as u64, started.elapsed());
@@ -2085,7 +2136,8 @@ pub(crate) struct Joined {
     pub(crate) missed: Option<Vec<Arc<EventBatch>>>,
     pub(crate) resync: bool,
     pub(crate) position: u64,
-    pub(crate) view: serde_json::Value,
+    /// `None` when the client resumes with the view it holds.
+    pub(crate) view: Option<serde_json::Value>,
     pub(crate) status: wire::Status,
     /// Changes when the session moved to another node.
     pub(crate) moved: watch::Receiver<Location>,

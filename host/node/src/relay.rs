@@ -124,6 +124,10 @@ impl Resume {
         if let Some(seq) = self.after {
             join["after"] = serde_json::json!({ "epoch": 1, "seq": seq });
         }
+        if self.answered {
+            // The player holds the view: only the missed events go on.
+            join["view"] = Value::from(false);
+        }
         join.to_string()
     }
 }

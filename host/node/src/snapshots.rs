@@ -236,6 +236,10 @@ pub(crate) struct Offered {
     pub(crate) base: Option<u64>,
     /// The journal entry before `position`, as the owner has it.
     pub(crate) tail: Tail,
+    /// A handoff's warm snapshot: the receiver is about to take the session
+    /// over, and restores it right away (see `handoff::Standby`).
+    #[serde(default)]
+    pub(crate) standby: bool,
 }
 
 /// Ships a session's waiting captures to its replica until none wait.
@@ -361,6 +365,7 @@ async fn transfer(
         position: capture.position,
         base,
         tail,
+        standby: false,
     };
     let answer = send(mesh, replica, offered, &body).await;
     let kind = if base.is_some() { "delta" } else { "full" };
@@ -381,12 +386,14 @@ pub(crate) async fn offer_whole(
     position: u64,
     sealed: &[u8],
     tail: Tail,
+    standby: bool,
 ) -> Result<(), NodeError> {
     let offered = Offered {
         session: id.to_owned(),
         position,
         base: None,
         tail,
+        standby,
     };
     send(mesh, to, offered, sealed)
         .await?
@@ -446,14 +453,20 @@ pub(crate) async fn receive(
         }
     };
     let node = node.clone();
-    tokio::task::spawn_blocking(move || keep(&node, offered, &sealed, &record.module_hash))
+    tokio::task::spawn_blocking(move || keep(&node, offered, &sealed, &record))
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))?
 }
 
 /// Checks a shipped snapshot, folds a delta into the snapshot stored here,
 /// and stores the result with the owner's tail (blocking).
-fn keep(node: &Node, offered: Offered, sealed: &[u8], module: &str) -> Result<(), NodeError> {
+fn keep(
+    node: &Node,
+    offered: Offered,
+    sealed: &[u8],
+    record: &baton_cluster::node::SessionRecord,
+) -> Result<(), NodeError> {
+    let module = record.module_hash.as_str();
     let unusable =
         |e: baton_runtime::SnapshotError| NodeError::BadRequest(format!("unusable snapshot: {e}"));
     let (shipped, body) = open(sealed)?;
@@ -491,8 +504,18 @@ fn keep(node: &Node, offered: Offered, sealed: &[u8], module: &str) -> Result<()
     meta.tail = Some(offered.tail);
     let sealed = seal(&meta.to_json(), encoded.as_deref().unwrap_or(body));
     // Only a cluster node receives snapshots: its journals stay whole.
-    node.store
-        .put_snapshot(id, offered.position, &sealed, false)?;
+    let write = baton_store::Write::Snapshot {
+        session: id.clone(),
+        position: offered.position,
+        snapshot: Arc::new(sealed),
+        drop_covered: false,
+    };
+    node.journal.submit_and_wait(vec![write])?;
+    if offered.standby
+        && let Ok(session) = crate::node::SessionRecord::from_cluster(id, record)
+    {
+        node.prepare_standby(id, session.limits, image, meta);
+    }
     Ok(())
 }
 
