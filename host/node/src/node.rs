@@ -986,7 +986,7 @@ impl Node {
         id: &str,
         viewer: Viewer,
         after: Option<u64>,
-        view: bool,
+        want_view: bool,
     ) -> Result<Joined, NodeError> {
         let cell = self.cell_by_id(id)?;
         let state = cell.state.clone().lock_owned().await;
@@ -1002,7 +1002,7 @@ impl Node {
             })
         });
         let resync = matches!(missed, Some(None));
-        let (state, view) = if view || after.is_none() || resync {
+        let (state, view) = if want_view || after.is_none() || resync {
             let (state, view) = self.render_view(&cell, state, viewer).await?;
             (state, Some(view))
         } else {
