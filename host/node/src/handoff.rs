@@ -249,8 +249,7 @@ impl Node {
     ) {
         let position = image.position;
         {
-            let mut standbys = self.standbys();
-            standbys.retain(|_, s| s.since.elapsed() < STANDBY_TTL);
+            let standbys = self.standbys();
             if standbys.len() >= MAX_STANDBYS && !standbys.contains_key(id) {
                 return;
             }
@@ -279,9 +278,7 @@ impl Node {
 
     /// Whether session `id` is restored here ahead of its transfer.
     pub(crate) fn standing_by(&self, id: &str) -> bool {
-        self.standbys()
-            .get(id)
-            .is_some_and(|s| s.since.elapsed() < STANDBY_TTL)
+        self.standbys().contains_key(id)
     }
 
     /// At the fence: the session's players here go to the target now, and
@@ -293,10 +290,15 @@ impl Node {
             .send(crate::node::Location::Moved(Some(to.to_owned())));
     }
 
+    /// The standbys, without those past [`STANDBY_TTL`] (at most
+    /// [`MAX_STANDBYS`], so the sweep is cheap).
     fn standbys(&self) -> std::sync::MutexGuard<'_, HashMap<String, Standby>> {
-        self.standbys
+        let mut standbys = self
+            .standbys
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        standbys.retain(|_, s| s.since.elapsed() < STANDBY_TTL);
+        standbys
     }
 
     /// Records a fence note from a session's previous owner.
