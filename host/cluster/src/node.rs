@@ -394,6 +394,14 @@ pub enum Event {
         /// The target.
         to: NodeId,
     },
+    /// A handoff was called off (the target went away before the
+    /// transfer): the session stays, and serves here again if fenced.
+    HandoffCalledOff {
+        /// The session.
+        session: String,
+        /// The epoch it is owned in.
+        epoch: u64,
+    },
     /// A drain ended: every session handed off, or the deadline passed.
     Drained {
         /// Sessions owned or replicated here when it ended.
@@ -629,6 +637,13 @@ impl ClusterNode {
             Role::Owner(o) if !o.fenced && (o.lease_until > now) => Some(o.epoch),
             _ => None,
         }
+    }
+
+    /// Whether `session` is owned here and fenced for a handoff: appends
+    /// are refused until it is gone (or called off), not worth waiting for.
+    pub fn handing_off(&self, session: &str) -> bool {
+        matches!(self.roles.get(session), Some(Role::Owner(o))
+            if o.fenced && o.moving.as_ref().is_some_and(|m| m.handoff))
     }
 
     /// Every session's record.
@@ -2151,8 +2166,15 @@ impl ClusterNode {
         if !target_ready && m.stage == Stage::Syncing {
             let to = m.to.clone();
             let epoch = o.epoch;
+            let handoff = m.handoff;
             o.moving = None;
             o.fenced = false;
+            if handoff {
+                self.events.push(Event::HandoffCalledOff {
+                    session: session.to_owned(),
+                    epoch,
+                });
+            }
             if self.membership.is_up(&to) {
                 self.send(
                     to,

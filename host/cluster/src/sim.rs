@@ -787,6 +787,9 @@ impl Sim {
                 } => {
                     self.log(format!("{name} fences {session} at {len} for {to}"));
                 }
+                Event::HandoffCalledOff { session, .. } => {
+                    self.log(format!("{name} calls off the handoff of {session}"));
+                }
             }
         }
         if !warmed.is_empty()

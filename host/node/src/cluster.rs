@@ -337,6 +337,8 @@ async fn follow(node: Arc<Node>, mut events: broadcast::Receiver<Event>) {
         match events.recv().await {
             Ok(Event::HandingOff { session, to }) => {
                 if let Ok(cell) = node.cell_by_id(&session) {
+                    cell.leaving
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     let module = cell.record.module.clone();
                     tokio::spawn(crate::handoff::warm(node.clone(), session, module, to));
                 } else if let Some(mesh) = node.mesh.get() {
@@ -367,6 +369,7 @@ async fn follow(node: Arc<Node>, mut events: broadcast::Receiver<Event>) {
                     }
                 });
             }
+            Ok(Event::HandoffCalledOff { session, .. }) => node.call_off_handoff(&session),
             Ok(Event::SteppedDown { session, epoch, to }) => {
                 let to = to.map(|id| id.name);
                 tracing::info!(%session, epoch, to = to.as_deref().unwrap_or("?"), "the session moved away");

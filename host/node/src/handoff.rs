@@ -97,9 +97,12 @@ pub struct Arrival {
     /// Milliseconds from the fence until the session was restored here,
     /// ready to apply.
     pub ready_ms: Option<f64>,
-    /// Milliseconds from the fence to the first action applied here (the
-    /// cutover pause, if a player was waiting to act).
+    /// Milliseconds from the fence to the first action applied here: the
+    /// rules ran it (the cutover pause, if a player was waiting to act).
     pub cutover_ms: Option<f64>,
+    /// Milliseconds from the fence until that action was durable as the
+    /// replication mode asks, and acknowledged to its player.
+    pub acked_ms: Option<f64>,
     #[serde(skip)]
     pub(crate) module: String,
     #[serde(skip)]
@@ -110,6 +113,8 @@ pub struct Arrival {
     pub(crate) restored_us: Option<u64>,
     #[serde(skip)]
     pub(crate) first_applied_us: Option<u64>,
+    #[serde(skip)]
+    pub(crate) first_acked_us: Option<u64>,
 }
 
 impl Arrival {
@@ -123,6 +128,7 @@ impl Arrival {
         if let Some(fenced) = self.fenced_at_us {
             self.owned_ms = self.owned_us.map(|owned| ms(fenced, owned));
             self.ready_ms = self.restored_us.map(|restored| ms(fenced, restored));
+            self.acked_ms = self.first_acked_us.map(|acked| ms(fenced, acked));
         }
         match (self.cutover_ms, self.fenced_at_us, self.first_applied_us) {
             (None, Some(fenced), Some(applied)) => {
@@ -163,7 +169,7 @@ async fn send_snapshot(node: &Arc<Node>, id: &str, to: &str) -> Result<Option<u6
         // An older host: it takes the session over from the journal alone.
         return Ok(None);
     }
-    let Some((position, sealed)) = node.checkpoint_now(id).await? else {
+    let Some((position, sealed)) = node.capture_for_handoff(id).await? else {
         return Ok(None);
     };
     let Some(tail) = mesh
@@ -335,13 +341,29 @@ impl Node {
         });
     }
 
-    /// Records the first action applied after a takeover: the cutover's end.
-    pub(crate) fn note_applied(&self, id: &str) {
-        let at = now_us();
-        tracing::debug!(session = %id, "first action applied after the takeover");
+    /// Records the first action after a takeover, now acknowledged: the
+    /// rules ran it at `applied_us` (the cutover's end).
+    pub(crate) fn note_applied(&self, id: &str, applied_us: u64) {
+        let acked = now_us();
+        tracing::debug!(session = %id, acked_after_us = acked.saturating_sub(applied_us), "first action applied after the takeover");
         self.with_arrival(id, |arrival| {
-            arrival.first_applied_us.get_or_insert(at);
+            arrival.first_applied_us.get_or_insert(applied_us);
+            arrival.first_acked_us.get_or_insert(acked);
         });
+    }
+
+    /// A handoff was called off: the session stays here, snapshots as
+    /// usual again and, if it was fenced, serves again (its ticker resumes).
+    pub(crate) fn call_off_handoff(&self, id: &str) {
+        if let Ok(cell) = self.cell_by_id(id) {
+            tracing::info!(session = %id, "the handoff was called off; the session stays here");
+            cell.leaving
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            cell.moved.send_if_modified(|location| {
+                std::mem::replace(location, crate::node::Location::Here)
+                    != crate::node::Location::Here
+            });
+        }
     }
 
     /// How session `id` arrived here, if it did.

@@ -191,6 +191,9 @@ pub(crate) struct SessionCell {
     /// Taken over here and no action applied yet: the next one ends the
     /// cutover (see `handoff`).
     arriving: AtomicBool,
+    /// Being handed off: the target got a warm snapshot, and background
+    /// snapshots here would only load the disk its players wait on.
+    pub(crate) leaving: AtomicBool,
     /// Bumped when the session went back to an earlier state (an upgrade
     /// rolled back): its players' connections resync.
     pub(crate) resets: watch::Sender<u64>,
@@ -487,6 +490,7 @@ impl Node {
             moved: watch::channel(Location::Here).0,
             shipper: Arc::default(),
             arriving: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
             resets: watch::channel(0).0,
             origin,
         })
@@ -684,10 +688,7 @@ impl Node {
                 .map(|(_, hash)| hash)
                 .collect();
             if !known.is_empty() {
-                for hash in known.iter().filter(|h| !self.has_module_hash(h)) {
-                    let bytes = crate::cluster::fetch_module(mesh, hash).await?;
-                    self.publish(bytes).await?;
-                }
+                self.fetch_missing(&known).await?;
                 return self.resolve(wanted);
             }
             // Its record may be on its way from the node it was published on.
@@ -696,6 +697,24 @@ impl Node {
                 () = tokio::time::sleep_until(give_up) => return Err(NodeError::NotFound(missing)),
             }
         }
+    }
+
+    /// Fetches from the cluster and loads every module of `hashes` that
+    /// is not here.
+    pub(crate) async fn fetch_missing(
+        self: &Arc<Self>,
+        hashes: impl IntoIterator<Item = &String>,
+    ) -> Result<(), NodeError> {
+        let Some(mesh) = self.mesh.get() else {
+            return Ok(());
+        };
+        for hash in hashes {
+            if !self.has_module_hash(hash) {
+                let bytes = crate::cluster::fetch_module(mesh, hash).await?;
+                self.publish(bytes).await?;
+            }
+        }
+        Ok(())
     }
 
     // --- sessions --------------------------------------------------------
@@ -913,6 +932,7 @@ impl Node {
             client_action_id: client_id,
         };
         let (state_back, applied) = self.apply_blocking(&cell, state, call).await?;
+        let applied_us = crate::handoff::now_us();
         state = state_back;
         let module = module_id(&state.module);
         let applied = applied.inspect_err(|e| {
@@ -923,7 +943,7 @@ impl Node {
         let outcome = act_outcome(&applied);
         self.make_durable(&cell, &mut state, applied).await?;
         if cell.arriving.swap(false, Ordering::Relaxed) {
-            self.note_applied(id);
+            self.note_applied(id, applied_us);
         }
         let result = match &outcome {
             Some(ActOutcome::Accepted { .. }) => "accepted",
@@ -1038,6 +1058,13 @@ impl Node {
         ),
         NodeError,
     > {
+        if let Location::Moved(to) = &*cell.moved.borrow() {
+            // Fenced for a handoff (or let go): nothing more runs here.
+            return Err(NodeError::Moved(format!(
+                "the session is moving to {}; retry there",
+                to.as_deref().unwrap_or("another node")
+            )));
+        }
         let node = self.clone();
         let on = cell.clone();
         let (mut state, result, back) = tokio::task::spawn_blocking(move || {
@@ -1280,8 +1307,22 @@ impl Node {
         let unknown_until = tokio::time::Instant::now() + RECORD_WAIT;
         let standby_until = tokio::time::Instant::now() + crate::handoff::STANDBY_WAIT;
         loop {
-            if self.sessions_read().contains_key(id) {
-                return Ok(None);
+            let here = self.sessions_read().get(id).cloned();
+            if let Some(cell) = here {
+                let mut moved = cell.moved.subscribe();
+                if *moved.borrow_and_update() == Location::Here {
+                    return Ok(None);
+                }
+                // Fenced for a handoff: it leaves (or stays) in a moment.
+                tokio::select! {
+                    _ = moved.changed() => {}
+                    () = tokio::time::sleep_until(give_up) => {
+                        return Err(NodeError::Unavailable(format!(
+                            "session {id} is being handed over; retry shortly"
+                        )));
+                    }
+                }
+                continue;
             }
             let record = mesh.record(id).await;
             let known = record.is_some();
@@ -1350,10 +1391,7 @@ impl Node {
         let needed: std::collections::BTreeSet<String> = std::iter::once(meta.module_hash.clone())
             .chain(switched)
             .collect();
-        for hash in needed.iter().filter(|hash| !self.has_module_hash(hash)) {
-            let bytes = crate::cluster::fetch_module(mesh, hash).await?;
-            self.publish(bytes).await?;
-        }
+        self.fetch_missing(&needed).await?;
         let module = self
             .module_by_hash(&meta.module_hash)
             .ok_or_else(|| NodeError::Internal(format!("module {} did not load", meta.module)))?;
@@ -1365,15 +1403,28 @@ impl Node {
         let (state, rebuilt) = tokio::task::spawn_blocking(move || {
             let mut state = state;
             let result = (|| {
+                let started = Instant::now();
                 let (mut session, from) = node.rebuild(&rebuilt, &mut state, journal, standby)?;
+                let replayed = started.elapsed();
                 let digest = session.state_digest().map_err(NodeError::from_call)?;
+                tracing::debug!(session = %rebuilt.record.id, ?replayed, hashed = ?started.elapsed() - replayed, "rebuilt");
                 state.live = Some(session);
-                // The store's journal may still be catching up: a snapshot
-                // of the exact state is what the next wake starts from (and
-                // what the session's new replica gets first). Captured now,
-                // stored once the session serves.
-                let pending = Self::capture_snapshot(&rebuilt, &mut state)
-                    .ok_or_else(|| NodeError::Internal("capture failed".into()))?;
+                // Rebuilt from the start (no snapshot here): a snapshot of
+                // the exact state, for the next wake and the session's
+                // replica, captured now and stored once it serves. From a
+                // snapshot stored here (a handoff's warm one, a replica's)
+                // the store already has what a wake needs: writing
+                // megabytes now would only hold up the first actions'
+                // commits, so the snapshot cadence starts over instead.
+                let pending = if from == 0 {
+                    Some(
+                        Self::capture_snapshot(&rebuilt, &mut state)
+                            .ok_or_else(|| NodeError::Internal("capture failed".into()))?,
+                    )
+                } else {
+                    state.since_snapshot = 0;
+                    None
+                };
                 Ok::<_, NodeError>((from, tokens::hex(&digest), pending))
             })();
             (state, result)
@@ -1385,8 +1436,10 @@ impl Node {
         cell.arriving.store(true, Ordering::Relaxed);
         drop(state);
         self.note_restored(id, &cell.record.module, position, snapshot, digest);
-        let node = self.clone();
-        tokio::task::spawn_blocking(move || node.store_snapshot(pending));
+        if let Some(pending) = pending {
+            let node = self.clone();
+            tokio::task::spawn_blocking(move || node.store_snapshot(pending));
+        }
         let fresh = {
             let mut sessions = self.sessions_write();
             if sessions.contains_key(id) {
@@ -1474,10 +1527,12 @@ impl Node {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A checkpoint of session `id` now, stored here and sealed: captured
-    /// from the live instance, else the stored snapshot of a hibernated one.
-    /// Returns its position and bytes.
-    pub(crate) async fn checkpoint_now(
+    /// A sealed snapshot of session `id` as it stands, for a handoff's
+    /// target: captured from the live instance (else the stored snapshot of
+    /// a hibernated one) and not stored here, as this node is leaving; the
+    /// megabytes would only slow the commits its players wait on. Returns
+    /// its position and bytes.
+    pub(crate) async fn capture_for_handoff(
         self: &Arc<Self>,
         id: &str,
     ) -> Result<Option<(u64, Arc<Vec<u8>>)>, NodeError> {
@@ -1489,11 +1544,12 @@ impl Node {
         match pending {
             Some(pending) => {
                 let position = pending.image.position;
-                let node = self.clone();
-                let sealed = tokio::task::spawn_blocking(move || node.store_snapshot(pending))
-                    .await
-                    .map_err(|e| NodeError::Internal(e.to_string()))?;
-                Ok(sealed.map(|sealed| (position, sealed)))
+                let sealed = tokio::task::spawn_blocking(move || {
+                    snapshots::seal(&pending.meta.to_json(), &pending.image.encode())
+                })
+                .await
+                .map_err(|e| NodeError::Internal(e.to_string()))?;
+                Ok(Some((position, Arc::new(sealed))))
             }
             None => Ok(self
                 .store
@@ -1725,7 +1781,9 @@ impl Node {
         if let Reply::Outcome(Ok(_)) | Reply::Ticked(_) = &applied.reply {
             cell.ticker.notify_one();
         }
-        if state.since_snapshot >= self.config.snapshot_every {
+        if state.since_snapshot >= self.config.snapshot_every
+            && !cell.leaving.load(Ordering::Relaxed)
+        {
             self.snapshot_in_background(cell, state);
         }
         match late {
@@ -1864,10 +1922,22 @@ impl Node {
     /// Calls `tick` when the rules asked for it; waits for a change or the
     /// deadline, never polls.
     async fn run_ticker(self: Arc<Self>, cell: Arc<SessionCell>) {
+        let mut moved = cell.moved.subscribe();
         loop {
-            if self.shutting_down.load(Ordering::Relaxed) || *cell.moved.borrow() != Location::Here
-            {
+            if self.shutting_down.load(Ordering::Relaxed) {
                 return;
+            }
+            if *moved.borrow_and_update() != Location::Here {
+                // Let go (no longer held here): done. Fenced for a handoff:
+                // wait for it to complete or be called off.
+                if !self.sessions_read().contains_key(&cell.record.id) {
+                    return;
+                }
+                tokio::select! {
+                    changed = moved.changed() => if changed.is_err() { return },
+                    () = self.stop.notified() => return,
+                }
+                continue;
             }
             let due = cell.state.lock().await.next_tick;
             let changed = cell.ticker.notified();
@@ -1875,6 +1945,7 @@ impl Node {
                 None => {
                     tokio::select! {
                         () = changed => continue,
+                        Ok(()) = moved.changed() => continue,
                         () = self.stop.notified() => return,
                     }
                 }
@@ -1885,6 +1956,7 @@ impl Node {
                     tokio::select! {
                         () = tokio::time::sleep_until(deadline) => {}
                         () = changed => continue,
+                        Ok(()) = moved.changed() => continue,
                         () = self.stop.notified() => return,
                     }
                     if let Err(e) = self.tick(&cell).await {

@@ -452,6 +452,11 @@ pub(crate) async fn receive(
             }
         }
     };
+    // A handoff's warm snapshot may come before the module's record did
+    // its own fetch here; its standby needs the module now.
+    if offered.standby {
+        node.fetch_missing([&record.module_hash]).await?;
+    }
     let node = node.clone();
     tokio::task::spawn_blocking(move || keep(&node, offered, &sealed, &record))
         .await

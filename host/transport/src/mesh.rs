@@ -947,10 +947,13 @@ impl Driver {
 
     /// Whether an append to `session` is to wait: this node owns it but
     /// cannot append right now, the lease not there yet (just taken over)
-    /// or a move's fence up. It waits for the lease or the move's end
-    /// rather than be refused.
+    /// or a replica change's fence up. It waits for the lease or the
+    /// move's end rather than be refused. A handoff's fence is refused at
+    /// once: the session is leaving, and the caller follows it to its
+    /// target instead of waiting here for the transfer's acknowledgement.
     fn must_wait(&self, session: &str, now: u64) -> bool {
         self.node.serving(session, now).is_none()
+            && !self.node.handing_off(session)
             && self
                 .node
                 .record(session)

@@ -310,8 +310,10 @@ impl Cluster {
 /// per session that has it.
 #[derive(Default)]
 struct Arrivals {
-    /// To the first action applied on node-c.
+    /// To the first action applied on node-c (the rules ran it).
     cutover: Vec<f64>,
+    /// To that action durable on two disks and acknowledged.
+    acked: Vec<f64>,
     /// To node-c owning the session (the protocol's part).
     owned: Vec<f64>,
     /// To the session restored on node-c.
@@ -341,6 +343,7 @@ fn arrivals(new: &Server, sessions: &[String]) -> Arrivals {
         measured.owned.extend(arrival["owned_ms"].as_f64());
         measured.ready.extend(arrival["ready_ms"].as_f64());
         measured.cutover.extend(arrival["cutover_ms"].as_f64());
+        measured.acked.extend(arrival["acked_ms"].as_f64());
     }
     measured
 }
@@ -551,6 +554,11 @@ pub(super) fn run_benchmark() {
             quantile(&mut measured.owned, 0.5),
             quantile(&mut measured.ready, 0.5),
             quantile(&mut measured.ready, 0.99),
+        );
+        println!(
+            "    fence to that action acknowledged (durable on node-c and its replica): p50 {:>7.2} ms  p99 {:>7.2} ms",
+            quantile(&mut measured.acked, 0.5),
+            quantile(&mut measured.acked, 0.99),
         );
         println!(
             "    players' longest wait over the deploy: p50 {:>7.2} ms  p99 {:>7.2} ms  (usual round trip p50 {:.2} ms), {} errors",
