@@ -611,7 +611,10 @@ async fn left(app: App, id: String, socket: impl Follow, resume: Resume, missing
             close_with(socket, close::NO_SESSION, &missing).await;
         }
         // Back here, or the cluster cannot say where yet.
-        Ok(None) | Err(_) => close_moved(socket).await,
+        where_now => {
+            tracing::debug!(session = %id, why = %missing, ?where_now, "a player is told to reconnect: its session is not servable here right now");
+            close_moved(socket).await;
+        }
     }
 }
 

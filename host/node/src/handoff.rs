@@ -359,10 +359,8 @@ impl Node {
             tracing::info!(session = %id, "the handoff was called off; the session stays here");
             cell.leaving
                 .store(false, std::sync::atomic::Ordering::Relaxed);
-            cell.moved.send_if_modified(|location| {
-                std::mem::replace(location, crate::node::Location::Here)
-                    != crate::node::Location::Here
-            });
+            // Always told: a join may wait on a fence the host never saw.
+            cell.moved.send_replace(crate::node::Location::Here);
         }
     }
 

@@ -1310,7 +1310,9 @@ impl Node {
             let here = self.sessions_read().get(id).cloned();
             if let Some(cell) = here {
                 let mut moved = cell.moved.subscribe();
-                if *moved.borrow_and_update() == Location::Here {
+                // The core refuses a fenced session's appends before the
+                // host hears of the fence: ask it, not only `moved`.
+                if *moved.borrow_and_update() == Location::Here && !mesh.handing_off(id).await {
                     return Ok(None);
                 }
                 // Fenced for a handoff: it leaves (or stays) in a moment.

@@ -295,6 +295,10 @@ enum Command {
     Sessions {
         reply: oneshot::Sender<Vec<(String, SessionRecord)>>,
     },
+    HandingOff {
+        session: String,
+        reply: oneshot::Sender<bool>,
+    },
     Owned {
         reply: oneshot::Sender<Vec<(String, u64)>>,
     },
@@ -562,6 +566,16 @@ impl Mesh {
         self.ask(|reply| Command::Record { session, reply })
             .await
             .flatten()
+    }
+
+    /// Whether this node owns `session` and fenced it for a handoff: its
+    /// appends are refused from then on, before the host hears of the
+    /// fence through [`Event::Fenced`].
+    pub async fn handing_off(&self, session: &str) -> bool {
+        let session = session.to_owned();
+        self.ask(|reply| Command::HandingOff { session, reply })
+            .await
+            .unwrap_or(false)
     }
 
     /// Every session's record.
@@ -889,6 +903,9 @@ impl Driver {
             }
             Command::Sessions { reply } => {
                 let _ = reply.send(self.node.sessions());
+            }
+            Command::HandingOff { session, reply } => {
+                let _ = reply.send(self.node.handing_off(&session));
             }
             Command::Owned { reply } => {
                 let _ = reply.send(self.node.owned());

@@ -47,6 +47,8 @@ struct Played {
     last_ack: Option<(String, u64)>,
     /// Close codes that made it reconnect.
     reconnects: Vec<Option<u16>>,
+    /// Their reasons, for the failure message.
+    reasons: Vec<String>,
     /// Actions sent again after an `unavailable` answer.
     retries: u32,
     errors: Vec<String>,
@@ -81,6 +83,7 @@ async fn bot(
         let url = format!("ws://{addr}/v1/sessions/{session}/play");
         let Ok((mut socket, _)) = tokio_tungstenite::connect_async(url).await else {
             played.reconnects.push(None);
+            played.reasons.push("could not connect".into());
             continue;
         };
         let mut join = json!({"type": "join", "token": token});
@@ -141,8 +144,9 @@ async fn bot(
                         }
                     }
                 },
-                Next::Closed(code) => {
+                Next::Closed(code, reason) => {
                     played.reconnects.push(code);
+                    played.reasons.push(reason);
                     continue 'connect;
                 }
                 Next::Silent => {
@@ -159,7 +163,7 @@ async fn bot(
 
 enum Next {
     Text(Value),
-    Closed(Option<u16>),
+    Closed(Option<u16>, String),
     Silent,
 }
 
@@ -171,10 +175,13 @@ async fn next(socket: &mut Socket) -> Next {
                 return Next::Text(serde_json::from_str(&text).expect("JSON"));
             }
             Ok(Some(Ok(Message::Close(frame)))) => {
-                return Next::Closed(frame.map(|f| u16::from(f.code)));
+                return match frame {
+                    Some(f) => Next::Closed(Some(u16::from(f.code)), f.reason.to_string()),
+                    None => Next::Closed(None, String::new()),
+                };
             }
             Ok(Some(Ok(_))) => continue,
-            Ok(None | Some(Err(_))) => return Next::Closed(None),
+            Ok(None | Some(Err(_))) => return Next::Closed(None, "no close frame".into()),
         }
     }
 }
@@ -379,8 +386,8 @@ impl Load {
             .filter(|p| !p.errors.is_empty() || p.reconnects.len() > reconnects || p.acked == 0)
             .map(|p| {
                 format!(
-                    "{}: {} acks, errors {:?}, reconnects {:?}",
-                    p.session, p.acked, p.errors, p.reconnects
+                    "{}: {} acks, errors {:?}, reconnects {:?} {:?}",
+                    p.session, p.acked, p.errors, p.reconnects, p.reasons
                 )
             })
             .collect();
