@@ -93,10 +93,13 @@ async fn livez() -> &'static str {
 }
 
 async fn readyz(State(app): State<App>) -> Response {
-    if app.node.is_ready() {
-        "ready\n".into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    match app.node.readiness().await {
+        Ok(()) => "ready\n".into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
     }
 }
 

@@ -7,6 +7,7 @@
 //! (`baton-cluster`); this module only turns its events into sessions.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use baton_cluster::crdt::Entry;
 use baton_cluster::node::{Changes, Durable, Event, Key, Record, SessionState};
@@ -385,11 +386,22 @@ async fn follow(node: Arc<Node>, mut events: broadcast::Receiver<Event>) {
     }
 }
 
-/// Fetches every module the cluster knows and this node lacks, whenever
-/// the records change.
-async fn sync_modules(node: Arc<Node>, mut records: tokio::sync::watch::Receiver<u64>) {
-    while records.changed().await.is_ok() {
+/// Fetches every module the cluster knows and this node lacks: at start,
+/// whenever the records change, and again after a failed fetch. `/readyz`
+/// waits for them (see `Node::readiness`).
+async fn sync_modules(node: Arc<Node>, mut records: watch::Receiver<u64>) {
+    // After a failed fetch (a peer's link not up yet), again after this,
+    // doubling up to a few seconds, or at the next records change.
+    const FIRST_RETRY: Duration = Duration::from_millis(100);
+    const LAST_RETRY: Duration = Duration::from_secs(5);
+    // Past this, a module no node sends is reported, not waited for: the
+    // node turns ready without it rather than stall a deploy.
+    const GIVE_UP: Duration = Duration::from_secs(15);
+    let mut retry: Option<Duration> = None;
+    let mut failing_since: Option<std::time::Instant> = None;
+    loop {
         let Some(mesh) = node.mesh.get() else { return };
+        let mut failed = Vec::new();
         for (id, hash) in mesh.modules().await {
             if node.has_module_hash(&hash) {
                 continue;
@@ -399,8 +411,41 @@ async fn sync_modules(node: Arc<Node>, mut records: tokio::sync::watch::Receiver
                     Ok(_) => tracing::info!(module = %id, "module fetched from the cluster"),
                     Err(e) => tracing::error!(module = %id, error = %e, "fetched module refused"),
                 },
-                Err(e) => tracing::warn!(module = %id, error = %e, "module not fetched yet"),
+                Err(e) => failed.push(format!("{id}: {e}")),
             }
+        }
+        retry = (!failed.is_empty())
+            .then(|| retry.map_or(FIRST_RETRY, |after| (after * 2).min(LAST_RETRY)));
+        let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+        if failed.is_empty() {
+            failing_since = None;
+        }
+        let given_up = retry.is_some() && since.elapsed() >= GIVE_UP;
+        node.modules_unreachable
+            .store(given_up, std::sync::atomic::Ordering::Relaxed);
+        if let Some(after) = retry {
+            if given_up {
+                tracing::error!(
+                    ?failed,
+                    retry_ms = after.as_millis(),
+                    "no node sends these modules: their sessions cannot start here; this node is ready without them"
+                );
+            } else {
+                tracing::warn!(
+                    ?failed,
+                    retry_ms = after.as_millis(),
+                    "modules not fetched yet; /readyz waits for them"
+                );
+            }
+        }
+        let changed = match retry {
+            Some(after) => tokio::time::timeout(after, records.changed())
+                .await
+                .unwrap_or(Ok(())),
+            None => records.changed().await,
+        };
+        if changed.is_err() {
+            return;
         }
     }
 }

@@ -312,6 +312,9 @@ pub struct Node {
     /// Until when (ms since the epoch) the node reports not-ready after the
     /// instance pool or the store failed.
     degraded_until: std::sync::atomic::AtomicU64,
+    /// Set when a module the cluster records has not been fetched for a
+    /// while (no node sends it): readiness stops waiting for it.
+    pub(crate) modules_unreachable: AtomicBool,
     /// Wakes background tasks at shutdown.
     pub(crate) stop: Notify,
     pub(crate) metrics: crate::metrics::Metrics,
@@ -399,6 +402,7 @@ impl Node {
             fence_notes: watch::channel(0).0,
             arrivals: std::sync::Mutex::default(),
             degraded_until: std::sync::atomic::AtomicU64::new(0),
+            modules_unreachable: AtomicBool::new(false),
             stop: Notify::new(),
             metrics: crate::metrics::Metrics::default(),
         };
@@ -543,14 +547,37 @@ impl Node {
         tokens::constant_time_eq(&tokens::sha256_hex(token), &self.operator_token_sha256)
     }
 
-    /// Ready for traffic: not shutting down or draining, in a cluster
-    /// holding every peer's records, and neither the instance pool nor the
-    /// store failed in the last few seconds.
-    pub fn is_ready(&self) -> bool {
-        !self.shutting_down.load(Ordering::Relaxed)
-            && !self.draining.load(Ordering::Relaxed)
-            && self.mesh.get().is_none_or(|mesh| mesh.synced())
-            && now_ms() >= self.degraded_until.load(Ordering::Relaxed)
+    /// Ready for traffic, or why not: not shutting down or draining, in a
+    /// cluster holding every peer's records and every module they record
+    /// (a session placed here must be able to start), and neither the
+    /// instance pool nor the store failed in the last few seconds.
+    pub async fn readiness(&self) -> Result<(), String> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err("shutting down".into());
+        }
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("draining: handing its sessions off".into());
+        }
+        if let Some(mesh) = self.mesh.get() {
+            if !mesh.synced() {
+                return Err("joining: the cluster's records are not all here yet".into());
+            }
+            let missing = mesh
+                .modules()
+                .await
+                .into_iter()
+                .filter(|(_, hash)| !self.has_module_hash(hash))
+                .count();
+            if missing > 0 && !self.modules_unreachable.load(Ordering::Relaxed) {
+                return Err(format!(
+                    "joining: fetching {missing} of the cluster's modules"
+                ));
+            }
+        }
+        if now_ms() < self.degraded_until.load(Ordering::Relaxed) {
+            return Err("degraded: the instance pool or the store failed a moment ago".into());
+        }
+        Ok(())
     }
 
     /// Notes a 503-class failure: `/readyz` fails for a while, so a load
@@ -741,8 +768,10 @@ impl Node {
         id: String,
         request: CreateSession,
     ) -> Result<Created, NodeError> {
-        if !self.is_ready() {
-            return Err(NodeError::Unavailable("the node is shutting down".into()));
+        if let Err(why) = self.readiness().await {
+            return Err(NodeError::Unavailable(format!(
+                "this node is not ready: {why}"
+            )));
         }
         if self.sessions_read().len() >= self.config.max_sessions {
             return Err(NodeError::Unavailable(format!(
@@ -2092,7 +2121,7 @@ impl Node {
                 entry.1 += 1;
             }
         }
-        self.metrics.render(&counts, self.is_ready())
+        self.metrics.render(&counts, self.readiness().await.is_ok())
     }
 
     /// Stops taking work, finishes calls in flight and flushes the journal.

@@ -58,6 +58,10 @@ pub enum Replication {
     Replicated,
 }
 
+/// How long a node given seeds waits to meet one before it counts as
+/// synced alone (see [`Mesh::synced`]).
+pub const MEET_WAIT: Duration = Duration::from_secs(5);
+
 /// How a mesh node runs.
 #[derive(Clone, Debug)]
 pub struct MeshConfig {
@@ -428,6 +432,8 @@ impl Mesh {
             failed: None,
             leasing: Vec::new(),
             synced: synced.clone(),
+            alone_until: (!config.seeds.is_empty())
+                .then(|| tokio::time::Instant::now() + MEET_WAIT),
             draining: Vec::new(),
             drained: None,
         };
@@ -444,7 +450,9 @@ impl Mesh {
     }
 
     /// Whether this node holds the records of every peer it sees up (a
-    /// node that just joined knows of no sessions before).
+    /// node that just joined knows of no sessions before). A node given
+    /// seeds is not synced before it met a peer, or [`MEET_WAIT`] passed
+    /// (the first node of a new cluster, its seeds not started yet).
     pub fn synced(&self) -> bool {
         self.synced.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -745,6 +753,10 @@ struct Driver {
     draining: Vec<oneshot::Sender<usize>>,
     /// Shared with `Mesh::synced`.
     synced: Arc<std::sync::atomic::AtomicBool>,
+    /// Until when a node given seeds waits to meet a peer before it calls
+    /// itself synced: before, "every peer it sees" is vacuously none.
+    /// `None` once it met one (or has no seeds).
+    alone_until: Option<tokio::time::Instant>,
     /// How the drain ended: the sessions left.
     drained: Option<usize>,
 }
@@ -1298,8 +1310,16 @@ impl Driver {
             }
             let _ = self.events.send(event);
         }
-        self.synced
-            .store(self.node.synced(), std::sync::atomic::Ordering::Relaxed);
+        if self.alone_until.is_some() && !self.node.peers_up().is_empty() {
+            self.alone_until = None;
+        }
+        let alone = self
+            .alone_until
+            .is_some_and(|until| tokio::time::Instant::now() < until);
+        self.synced.store(
+            self.node.synced() && !alone,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let records = self.node.records_counter();
         if records != self.records_seen {
             self.records_seen = records;

@@ -2,7 +2,8 @@
 //! from one seed, placement, play through any node, replica state equal to
 //! the owner's after every acknowledged action (rebuilt from the snapshots
 //! the owner ships, as deltas and whole), a foreign CA refused, and a
-//! frozen owner that acknowledges nothing once its sessions moved.
+//! frozen owner that acknowledges nothing once its sessions moved, and a
+//! joining node ready only with the cluster's modules.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -189,4 +190,45 @@ async fn three_nodes_form_from_one_seed_place_replicate_and_fence_a_frozen_owner
     assert_replica_equals_owner(&nodes, id, "after the move");
     // The new owner's replica first gets a whole snapshot.
     until_replica_snapshot(&nodes, id, "after the move");
+}
+
+/// A node joining a cluster turns ready only once it holds every module the
+/// cluster records, so that a session a load balancer places on it can
+/// start; until then `/readyz` says why not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_turns_ready_only_with_the_clusters_modules() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = root.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("dir");
+    baton(&["certs", "ca"], &certs);
+    for name in ["node-a", "node-b"] {
+        baton(&["certs", "node", name], &certs);
+    }
+    let ports = [free_udp_port(), free_udp_port()];
+    let a = start(root.path(), &certs, "node-a", ports[0], &[]);
+    a.publish(&baton_games::MINOTAUR_V2);
+    let b = start(root.path(), &certs, "node-b", ports[1], &[ports[0]]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut reasons = BTreeSet::new();
+    loop {
+        let (status, body) = b.http("GET", "/readyz", None, b"");
+        if status == 200 {
+            break;
+        }
+        let body = body.as_str().unwrap_or_default().trim().to_owned();
+        assert_eq!(status, 503, "{body}");
+        assert!(body.starts_with("not ready: "), "{body}");
+        reasons.insert(body);
+        assert!(
+            Instant::now() < deadline,
+            "node-b never turned ready: {reasons:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (_, modules) = b.admin("GET", "/v1/modules", &Value::Null);
+    assert!(
+        modules.to_string().contains("minotaur@2.0.0"),
+        "node-b turned ready without the cluster's minotaur@2.0.0: {modules}"
+    );
+    println!("node-b was not ready before: {reasons:?}");
 }
