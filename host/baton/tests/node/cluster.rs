@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::fleet::{
-    assert_replica_equals_owner, baton, counter, create, free_udp_port, node_counter, placement,
+    assert_replica_equals_owner, certify, counter, create, free_udp_port, node_counter, placement,
     reply, start, until_peers, until_replica_snapshot,
 };
 use crate::support::{connect, send};
@@ -20,12 +20,7 @@ use crate::support::{connect, send};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_form_from_one_seed_place_replicate_and_fence_a_frozen_owner() {
     let root = tempfile::tempdir().expect("tempdir");
-    let certs = root.path().join("certs");
-    std::fs::create_dir_all(&certs).expect("dir");
-    baton(&["certs", "ca"], &certs);
-    for name in ["node-a", "node-b", "node-c"] {
-        baton(&["certs", "node", name], &certs);
-    }
+    let certs = certify(root.path(), "certs", &["node-a", "node-b", "node-c"]);
     let ports = [free_udp_port(), free_udp_port(), free_udp_port()];
     let mut nodes = BTreeMap::new();
     nodes.insert(
@@ -46,10 +41,7 @@ async fn three_nodes_form_from_one_seed_place_replicate_and_fence_a_frozen_owner
     until_peers(&nodes["node-c"], &["node-a", "node-b"]);
 
     // A node whose certificate comes from another CA is never let in.
-    let stranger_certs = root.path().join("stranger");
-    std::fs::create_dir_all(&stranger_certs).expect("dir");
-    baton(&["certs", "ca"], &stranger_certs);
-    baton(&["certs", "node", "node-x"], &stranger_certs);
+    let stranger_certs = certify(root.path(), "stranger", &["node-x"]);
     let stranger = start(
         root.path(),
         &stranger_certs,
@@ -198,12 +190,7 @@ async fn three_nodes_form_from_one_seed_place_replicate_and_fence_a_frozen_owner
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_turns_ready_only_with_the_clusters_modules() {
     let root = tempfile::tempdir().expect("tempdir");
-    let certs = root.path().join("certs");
-    std::fs::create_dir_all(&certs).expect("dir");
-    baton(&["certs", "ca"], &certs);
-    for name in ["node-a", "node-b"] {
-        baton(&["certs", "node", name], &certs);
-    }
+    let certs = certify(root.path(), "certs", &["node-a", "node-b"]);
     let ports = [free_udp_port(), free_udp_port()];
     let a = start(root.path(), &certs, "node-a", ports[0], &[]);
     a.publish(&baton_games::MINOTAUR_V2);

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::fleet::{
-    assert_replica_equals_owner, baton, create, free_udp_port, placement, start_with, until_peers,
+    assert_replica_equals_owner, certify, create, free_udp_port, placement, start_with, until_peers,
 };
 use crate::support::{Node, Socket, send};
 
@@ -249,12 +249,9 @@ impl Load {
     /// No node yet; certificates for six.
     fn new() -> Load {
         let root = tempfile::tempdir().expect("tempdir");
-        let certs = root.path().join("certs");
-        std::fs::create_dir_all(&certs).expect("dir");
-        baton(&["certs", "ca"], &certs);
-        for i in 1..=6 {
-            baton(&["certs", "node", &format!("node-{i}")], &certs);
-        }
+        let names: Vec<String> = (1..=6).map(|i| format!("node-{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let certs = certify(root.path(), "certs", &names);
         Load {
             root,
             certs,

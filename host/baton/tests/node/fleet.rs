@@ -2,7 +2,7 @@
 //! start-up, and what the tests ask every node.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,18 @@ pub(crate) fn baton(args: &[&str], dir: &Path) {
         .status()
         .expect("baton runs");
     assert!(status.success(), "baton {args:?} failed");
+}
+
+/// A CA in `root/dir` and a certificate from it for each of `names`;
+/// returns the directory.
+pub(crate) fn certify(root: &Path, dir: &str, names: &[&str]) -> PathBuf {
+    let certs = root.join(dir);
+    std::fs::create_dir_all(&certs).expect("dir");
+    baton(&["certs", "ca"], &certs);
+    for name in names {
+        baton(&["certs", "node", name], &certs);
+    }
+    certs
 }
 
 /// A UDP port free right now on loopback.
