@@ -414,16 +414,17 @@ async fn sync_modules(node: Arc<Node>, mut records: watch::Receiver<u64>) {
                 Err(e) => failed.push(format!("{id}: {e}")),
             }
         }
-        retry = (!failed.is_empty())
-            .then(|| retry.map_or(FIRST_RETRY, |after| (after * 2).min(LAST_RETRY)));
-        let since = *failing_since.get_or_insert_with(std::time::Instant::now);
-        if failed.is_empty() {
+        let given_up = if failed.is_empty() {
+            retry = None;
             failing_since = None;
-        }
-        let given_up = retry.is_some() && since.elapsed() >= GIVE_UP;
-        node.modules_unreachable
-            .store(given_up, std::sync::atomic::Ordering::Relaxed);
-        if let Some(after) = retry {
+            false
+        } else {
+            let after = retry.map_or(FIRST_RETRY, |after| (after * 2).min(LAST_RETRY));
+            retry = Some(after);
+            let given_up = failing_since
+                .get_or_insert_with(std::time::Instant::now)
+                .elapsed()
+                >= GIVE_UP;
             if given_up {
                 tracing::error!(
                     ?failed,
@@ -437,7 +438,10 @@ async fn sync_modules(node: Arc<Node>, mut records: watch::Receiver<u64>) {
                     "modules not fetched yet; /readyz waits for them"
                 );
             }
-        }
+            given_up
+        };
+        node.modules_unreachable
+            .store(given_up, std::sync::atomic::Ordering::Relaxed);
         let changed = match retry {
             Some(after) => tokio::time::timeout(after, records.changed())
                 .await

@@ -1358,16 +1358,14 @@ impl Node {
             let record = mesh.record(id).await;
             let known = record.is_some();
             match record {
-                // A handoff is bringing it here (players follow it from
-                // the fence on): wait a moment for the transfer.
-                Some(record)
-                    if record.owner.name != mesh.name()
-                        && !(self.standing_by(id)
-                            && tokio::time::Instant::now() < standby_until) =>
-                {
-                    return Ok(Some(record.owner.name));
+                Some(record) if record.owner.name != mesh.name() => {
+                    // Unless a handoff is bringing it here (players follow
+                    // it from the fence on): then wait a moment for the
+                    // transfer.
+                    if !(self.standing_by(id) && tokio::time::Instant::now() < standby_until) {
+                        return Ok(Some(record.owner.name));
+                    }
                 }
-                Some(record) if record.owner.name != mesh.name() => {}
                 // Taken over here right now: wait for the takeover.
                 Some(_) => {}
                 // Created a moment ago elsewhere: its record is on its way.
@@ -1575,11 +1573,9 @@ impl Node {
         match pending {
             Some(pending) => {
                 let position = pending.image.position;
-                let sealed = tokio::task::spawn_blocking(move || {
-                    snapshots::seal(&pending.meta.to_json(), &pending.image.encode())
-                })
-                .await
-                .map_err(|e| NodeError::Internal(e.to_string()))?;
+                let sealed = tokio::task::spawn_blocking(move || pending.seal())
+                    .await
+                    .map_err(|e| NodeError::Internal(e.to_string()))?;
                 Ok(Some((position, Arc::new(sealed))))
             }
             None => Ok(self
@@ -1900,19 +1896,14 @@ impl Node {
     /// once durable here.
     fn store_snapshot(self: &Arc<Self>, pending: PendingSnapshot) -> Option<Arc<Vec<u8>>> {
         let started = Instant::now();
-        let sealed = Arc::new(snapshots::seal(
-            &pending.meta.to_json(),
-            &pending.image.encode(),
-        ));
-        // Through the group commit: one fsync with the journal entries
-        // queued alongside, never a commit of its own holding them up.
-        let write = baton_store::Write::Snapshot {
-            session: pending.id.clone(),
-            position: pending.image.position,
-            snapshot: sealed.clone(),
-            drop_covered: self.config.cluster.is_none(),
-        };
-        match self.journal.submit_and_wait(vec![write]) {
+        let sealed = Arc::new(pending.seal());
+        let stored = self.journal.put_snapshot_and_wait(
+            &pending.id,
+            pending.image.position,
+            sealed.clone(),
+            self.config.cluster.is_none(),
+        );
+        match stored {
             Ok(()) => {
                 self.metrics
                     .snapshot(&pending.module, sealed.len() as u64, started.elapsed());
@@ -2229,6 +2220,14 @@ struct PendingSnapshot {
     /// The pages changed since the capture before it.
     delta: baton_runtime::Delta,
     shipper: Arc<Shipper>,
+}
+
+impl PendingSnapshot {
+    /// The snapshot as stored and shipped: its bookkeeping and its encoded
+    /// image, sealed (blocking).
+    fn seal(&self) -> Vec<u8> {
+        snapshots::seal(&self.meta.to_json(), &self.image.encode())
+    }
 }
 
 /// What a client gets when it joins a session.

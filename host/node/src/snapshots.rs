@@ -509,13 +509,8 @@ fn keep(
     meta.tail = Some(offered.tail);
     let sealed = seal(&meta.to_json(), encoded.as_deref().unwrap_or(body));
     // Only a cluster node receives snapshots: its journals stay whole.
-    let write = baton_store::Write::Snapshot {
-        session: id.clone(),
-        position: offered.position,
-        snapshot: Arc::new(sealed),
-        drop_covered: false,
-    };
-    node.journal.submit_and_wait(vec![write])?;
+    node.journal
+        .put_snapshot_and_wait(id, offered.position, Arc::new(sealed), false)?;
     if offered.standby
         && let Ok(session) = crate::node::SessionRecord::from_cluster(id, record)
     {

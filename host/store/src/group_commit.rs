@@ -121,6 +121,24 @@ impl GroupCommit {
         }])
     }
 
+    /// Stores a session's snapshot (see [`Write::Snapshot`]) and waits
+    /// until it is durable: one fsync with the journal entries queued
+    /// alongside, never a commit of its own holding them up.
+    pub fn put_snapshot_and_wait(
+        &self,
+        session: &str,
+        position: u64,
+        snapshot: std::sync::Arc<Vec<u8>>,
+        drop_covered: bool,
+    ) -> Result<(), StoreError> {
+        self.submit_and_wait(vec![Write::Snapshot {
+            session: session.to_owned(),
+            position,
+            snapshot,
+            drop_covered,
+        }])
+    }
+
     /// Submits `writes` and waits until they are durable (blocking).
     pub fn submit_and_wait(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
