@@ -149,21 +149,34 @@ pub(crate) async fn reply(socket: &mut Socket) -> Value {
     }
 }
 
-/// The owner's live state and the replica's rebuilt copy, equal.
+/// The owner's live state and the replica's rebuilt copy, equal. Players
+/// may still be acting: the two are read one after the other, so they are
+/// compared once both are read at the same position (or after 5 s).
 pub(crate) fn assert_replica_equals_owner(nodes: &BTreeMap<String, Node>, id: &str, when: &str) {
     let any = nodes.values().next().expect("a node");
     let (owner, replica, _) = placement(any, id);
-    let (status, exported) =
-        nodes[&owner].admin("GET", &format!("/v1/sessions/{id}/export"), &Value::Null);
-    assert_eq!(status, 200, "{exported}");
-    let (status, copy) =
-        nodes[&replica].admin("GET", &format!("/v1/sessions/{id}/replica"), &Value::Null);
-    assert_eq!(status, 200, "{copy}");
-    assert_eq!(
-        (exported["position"].as_u64(), exported["digest"].as_str()),
-        (copy["position"].as_u64(), copy["digest"].as_str()),
-        "{when}: {id}'s replica on {replica} differs from its owner {owner}"
-    );
+    let read = |node: &str, path: &str| {
+        let (status, state) =
+            nodes[node].admin("GET", &format!("/v1/sessions/{id}/{path}"), &Value::Null);
+        assert_eq!(status, 200, "{state}");
+        (
+            state["position"].as_u64(),
+            state["digest"].as_str().map(str::to_owned),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let exported = read(&owner, "export");
+        let copy = read(&replica, "replica");
+        if exported.0 == copy.0 || Instant::now() >= deadline {
+            assert_eq!(
+                exported, copy,
+                "{when}: {id}'s replica on {replica} differs from its owner {owner}"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Waits until the replica rebuilds `id` from a snapshot its owner shipped
