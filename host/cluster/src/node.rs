@@ -1426,10 +1426,17 @@ impl ClusterNode {
             matches!(self.roles.get(session), Some(Role::Replica { epoch: e, .. }) if *e == epoch);
         let is_learner =
             matches!(self.roles.get(session), Some(Role::Learner { epoch: e, .. }) if *e == epoch);
+        // A learner left from an older epoch's move (called off) holds
+        // nothing this epoch's owner vouches for.
+        let stale_learner =
+            matches!(self.roles.get(session), Some(Role::Learner { epoch: e, .. }) if *e < epoch);
         // The message carries the whole journal, so a learner that lost its
         // copy (or its role, in a restart) can be made replica all the same.
         let no_part = !self.roles.contains_key(session);
-        if designate && (is_learner || no_part) && self.known_epoch(session) == epoch {
+        if designate
+            && (is_learner || stale_learner || no_part)
+            && self.known_epoch(session) == epoch
+        {
             let Some(record) = self.record(session).cloned() else {
                 return;
             };
@@ -1442,7 +1449,7 @@ impl ClusterNode {
         // only if it holds the owner's whole journal and more (entries the
         // owner acknowledged but did not write before it went down).
         let journal = self.durable.journals.entry(session.to_owned()).or_default();
-        if !journal.starts_with(&entries) {
+        if stale_learner || !journal.starts_with(&entries) {
             *journal = entries;
             self.touched(session, 0);
         }
