@@ -1774,8 +1774,8 @@ impl ClusterNode {
             for session in orphans {
                 self.restore(&session, now);
             }
+            self.records.gc(now, self.config.tombstone_ttl_ms);
         }
-        let sessions: Vec<String> = self.roles.keys().cloned().collect();
         // Moves under way count against `max_moves`, and so do those this
         // tick starts.
         self.moves_started = self
@@ -1783,25 +1783,27 @@ impl ClusterNode {
             .values()
             .filter(|r| matches!(r, Role::Owner(o) if o.moving.is_some()))
             .count();
-        for session in sessions {
+        for session in self.due(now) {
             self.tick_session(&session, now);
         }
-        self.records.gc(now, self.config.tombstone_ttl_ms);
         if let Some(deadline) = self.draining
             && !self.drained
         {
             // Done when nothing is owned or replicated here and no record
             // still names this node: a lost `Released` or `TransferAck` is
             // asked again until the owner's new record arrives.
-            let mut left: BTreeSet<&String> = self.roles.keys().collect();
-            for (key, record) in self.records.iter() {
-                if let (Key::Session(s), Record::Session(r)) = (key, record)
-                    && (r.replica == self.id.name || r.owner == self.id)
-                {
-                    left.insert(s);
-                }
-            }
-            let left = left.len();
+            let named_here = self
+                .records
+                .iter()
+                .filter(|(key, record)| match (key, record) {
+                    (Key::Session(s), Record::Session(r)) => {
+                        (r.replica == self.id.name || r.owner == self.id)
+                            && !self.roles.contains_key(s)
+                    }
+                    _ => false,
+                })
+                .count();
+            let left = self.roles.len() + named_here;
             // Nothing here is only known once every peer's records arrived.
             let informed = self
                 .membership
@@ -1843,25 +1845,72 @@ impl ClusterNode {
         self.events.push(Event::Membership(change));
     }
 
+    /// The sessions a tick has something to do for: a lease to renew, a
+    /// move to start or advance, a replica's decision to make. The others
+    /// (most of them, most of the time) are not visited: a node holding
+    /// thousands ticks every 10 ms.
+    fn due(&self, now: u64) -> Vec<String> {
+        // Per replica name (a handful), whether it is leaving.
+        let mut leaving: BTreeMap<&str, bool> = BTreeMap::new();
+        let mut due = Vec::new();
+        for (session, role) in &self.roles {
+            let is_due = match role {
+                Role::Owner(o) => {
+                    self.renew_due(o, now)
+                        || o.moving.is_some()
+                        || self.draining.is_some()
+                        || *leaving
+                            .entry(&o.replica)
+                            .or_insert_with(|| self.replica_leaving(&o.replica))
+                }
+                Role::Replica { promise_until, .. } => {
+                    now > *promise_until
+                        || self.handing.contains_key(session)
+                        || self.durable.handed.get(session).is_some_and(|h| !h.done)
+                }
+                Role::Learner { .. } => false,
+            };
+            if is_due {
+                due.push(session.clone());
+            }
+        }
+        due
+    }
+
+    fn renew_due(&self, o: &Owning, now: u64) -> bool {
+        o.last_sent
+            .is_none_or(|t| now >= t + self.config.lease_ms / 4)
+    }
+
+    /// Whether an owner with replica `replica` must find another: none,
+    /// evicted, or up but no longer ready (draining).
+    fn replica_leaving(&self, replica: &str) -> bool {
+        replica.is_empty()
+            || self.is_evicted(replica)
+            || self
+                .membership
+                .by_name(replica)
+                .and_then(|id| self.membership.up().find(|(n, _)| *n == id))
+                .is_some_and(|(_, info)| !info.ready)
+    }
+
     fn tick_session(&mut self, session: &str, now: u64) {
-        match self.roles.get(session).cloned() {
+        match self.roles.get(session) {
             Some(Role::Owner(o)) => {
-                let renew = o
-                    .last_sent
-                    .is_none_or(|t| now >= t + self.config.lease_ms / 4);
-                if renew {
+                if self.renew_due(o, now) {
                     self.replicate(session, now, true);
                 }
                 self.plan_move(session, now);
                 self.advance_move(session, now);
             }
-            Some(Role::Replica {
+            Some(&Role::Replica {
                 epoch,
-                owner,
+                ref owner,
                 promise_until,
                 called,
                 ..
             }) => {
+                let owner = owner.clone();
                 let decided = self.handing.contains_key(session)
                     || self.durable.handed.get(session).is_some_and(|h| !h.done);
                 if decided {
@@ -2096,18 +2145,11 @@ impl ClusterNode {
         if o.moving.is_some() {
             return;
         }
-        let replica_leaving = o.replica.is_empty()
-            || self.is_evicted(&o.replica)
-            || self
-                .membership
-                .by_name(&o.replica)
-                .and_then(|id| self.membership.up().find(|(n, _)| *n == id))
-                .is_some_and(|(_, info)| !info.ready);
-        let handoff = self.draining.is_some();
-        if !handoff && !replica_leaving {
+        if self.moves_started >= self.config.max_moves {
             return;
         }
-        if self.moves_started >= self.config.max_moves {
+        let handoff = self.draining.is_some();
+        if !handoff && !self.replica_leaving(&o.replica) {
             return;
         }
         self.moves_started += 1;
@@ -2238,6 +2280,9 @@ impl ClusterNode {
             });
         }
         match (handoff, stage) {
+            (false, Stage::Releasing) if replica.is_empty() || self.is_evicted(&replica) => {
+                self.designate(session, now);
+            }
             (true, Stage::Transferring) => {
                 let record = self.record(session).cloned();
                 if let Some(record) = record {
@@ -2272,9 +2317,6 @@ impl ClusterNode {
                         },
                     );
                 }
-            }
-            (false, Stage::Releasing) if replica.is_empty() || self.is_evicted(&replica) => {
-                self.designate(session, now);
             }
             (false, Stage::Releasing) => {
                 if let Some(old) = self.membership.by_name(&replica).cloned() {
