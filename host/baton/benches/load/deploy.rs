@@ -1,4 +1,4 @@
-//! Cutover benchmark: `scripts/bench-deploy [SESSIONS]`, which installs
+//! Cutover benchmark: `scripts/bench-deploy [SESSIONS | drain]`, which installs
 //! `redis-server` for the baseline and runs
 //! `cargo bench -p baton --bench load -- --deploy [SESSIONS]`.
 //!
@@ -503,6 +503,8 @@ pub(super) fn run_benchmark() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
+    // `drain` alone skips the cutover workloads (for profiling the drain).
+    let drain_only = args.first().is_some_and(|a| a == "drain");
     let sessions: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(20);
     let parent = std::env::var_os("CARGO_TARGET_TMPDIR").unwrap_or_else(|| "/tmp".into());
     let redis = Redis::start();
@@ -518,7 +520,7 @@ pub(super) fn run_benchmark() {
     println!(
         "cutover benchmark: node-a hands every session to node-c on SIGTERM; players act on acknowledgement through node-b"
     );
-    for (workload, n, label) in workloads(sessions) {
+    for (workload, n, label) in workloads(sessions).into_iter().filter(|_| !drain_only) {
         let mut cluster = Cluster::start(Path::new(&parent));
         if let Workload::Ballast(_) = workload {
             publish(cluster.a.addr, baton_games::MISBEHAVE.bytes);
