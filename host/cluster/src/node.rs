@@ -724,7 +724,11 @@ impl ClusterNode {
         NodeInfo {
             host_version: self.host_version,
             capacity: self.capacity,
-            load: self.owned().len() as u32,
+            load: self
+                .roles
+                .values()
+                .filter(|r| matches!(r, Role::Owner(_)))
+                .count() as u32,
             ready: self.draining.is_none(),
         }
     }
@@ -1764,11 +1768,17 @@ impl ClusterNode {
             .is_none_or(|t| now >= t + self.config.heartbeat_ms)
         {
             self.heartbeat(now);
+            // Both maps are sorted by session: one merged walk, not a
+            // lookup per journal.
+            let mut roles = self.roles.keys().peekable();
             let orphans: Vec<String> = self
                 .durable
                 .journals
                 .keys()
-                .filter(|s| !self.roles.contains_key(*s))
+                .filter(|s| {
+                    while roles.next_if(|r| r < s).is_some() {}
+                    roles.peek() != Some(s)
+                })
                 .cloned()
                 .collect();
             for session in orphans {
@@ -1788,6 +1798,7 @@ impl ClusterNode {
         }
         if let Some(deadline) = self.draining
             && !self.drained
+            && (self.roles.is_empty() || now >= deadline)
         {
             // Done when nothing is owned or replicated here and no record
             // still names this node: a lost `Released` or `TransferAck` is
@@ -1855,13 +1866,16 @@ impl ClusterNode {
         let mut due = Vec::new();
         for (session, role) in &self.roles {
             let is_due = match role {
+                // One waiting for a free move slot has nothing to do
+                // while none is free (none frees up within the tick).
                 Role::Owner(o) => {
                     self.renew_due(o, now)
                         || o.moving.is_some()
-                        || self.draining.is_some()
-                        || *leaving
-                            .entry(&o.replica)
-                            .or_insert_with(|| self.replica_leaving(&o.replica))
+                        || (self.moves_started < self.config.max_moves
+                            && (self.draining.is_some()
+                                || *leaving
+                                    .entry(&o.replica)
+                                    .or_insert_with(|| self.replica_leaving(&o.replica))))
                 }
                 Role::Replica { promise_until, .. } => {
                     now > *promise_until
