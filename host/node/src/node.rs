@@ -552,16 +552,8 @@ impl Node {
     /// (a session placed here must be able to start), and neither the
     /// instance pool nor the store failed in the last few seconds.
     pub async fn readiness(&self) -> Result<(), String> {
-        if self.shutting_down.load(Ordering::Relaxed) {
-            return Err("shutting down".into());
-        }
-        if self.draining.load(Ordering::Relaxed) {
-            return Err("draining: handing its sessions off".into());
-        }
+        self.takes_sessions()?;
         if let Some(mesh) = self.mesh.get() {
-            if !mesh.synced() {
-                return Err("joining: the cluster's records are not all here yet".into());
-            }
             let missing = mesh
                 .modules()
                 .await
@@ -573,6 +565,23 @@ impl Node {
                     "joining: fetching {missing} of the cluster's modules"
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Whether this node takes new sessions, or why not: what
+    /// [`readiness`](Self::readiness) asks but the modules. A create
+    /// fetches the one module it needs, so a session of a module just
+    /// published elsewhere may start here before the others arrived.
+    fn takes_sessions(&self) -> Result<(), String> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err("shutting down".into());
+        }
+        if self.draining.load(Ordering::Relaxed) {
+            return Err("draining: handing its sessions off".into());
+        }
+        if self.mesh.get().is_some_and(|mesh| !mesh.synced()) {
+            return Err("joining: the cluster's records are not all here yet".into());
         }
         if now_ms() < self.degraded_until.load(Ordering::Relaxed) {
             return Err("degraded: the instance pool or the store failed a moment ago".into());
@@ -768,7 +777,7 @@ impl Node {
         id: String,
         request: CreateSession,
     ) -> Result<Created, NodeError> {
-        if let Err(why) = self.readiness().await {
+        if let Err(why) = self.takes_sessions() {
             return Err(NodeError::Unavailable(format!(
                 "this node is not ready: {why}"
             )));
