@@ -229,6 +229,11 @@ pub(crate) struct SessionState {
     pub(crate) status: wire::Status,
     since_snapshot: u64,
     last_used: Instant,
+    /// While a handoff is under way, the memory hash before the latest
+    /// call, with its position: the core fences before the host hears of
+    /// it, so the call in that window is refused and its instance dropped,
+    /// and the hash at the fence is then this one, not a rebuild.
+    digest_before: Option<(u64, [u8; 32])>,
 }
 
 /// How long a request for a session this node is taking over waits for
@@ -488,6 +493,7 @@ impl Node {
                 status: wire::Status::Running,
                 since_snapshot: 0,
                 last_used: Instant::now(),
+                digest_before: None,
             })),
             events,
             ticker: Notify::new(),
@@ -1107,9 +1113,13 @@ impl Node {
         let on = cell.clone();
         let (mut state, result, back) = tokio::task::spawn_blocking(move || {
             let mut state = state;
-            let result = node
-                .wake(&on, &mut state)
-                .and_then(|()| node.apply(&mut state, call, now_ms()));
+            let leaving = on.leaving.load(Ordering::Relaxed);
+            let result = node.wake(&on, &mut state).and_then(|()| {
+                if leaving {
+                    node.note_digest_before(&mut state)?;
+                }
+                node.apply(&mut state, call, now_ms())
+            });
             let back = node.judge_trial(&on, &mut state, &result);
             (state, result, back)
         })
@@ -1612,9 +1622,16 @@ impl Node {
             .ok_or_else(|| NodeError::NotFound("this node is not in a cluster".into()))?;
         let id = &cell.record.id;
         let mut state = cell.state.clone().lock_owned().await;
+        if let Some((before, digest)) = state.digest_before
+            && before == position
+            && !(state.live.is_some() && state.position == position)
+        {
+            return Ok(tokens::hex(&digest));
+        }
         let journal = if state.live.is_some() && state.position == position {
             None
         } else {
+            tracing::debug!(session = %id, position, live = state.live.is_some(), at = state.position, "rebuilding the session to hash it");
             let mut journal = mesh.journal(id, 0).await;
             journal.truncate(position as usize);
             Some(journal)
@@ -1673,6 +1690,17 @@ impl Node {
         })
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))?
+    }
+
+    /// Hashes the live instance before a call (see
+    /// [`SessionState::digest_before`]).
+    fn note_digest_before(&self, state: &mut SessionState) -> Result<(), NodeError> {
+        let position = state.position;
+        if let Some(session) = state.live.as_mut() {
+            let digest = session.state_digest().map_err(NodeError::from_call)?;
+            state.digest_before = Some((position, digest));
+        }
+        Ok(())
     }
 
     /// Applies `call` to a live session: the entry is queued for the
