@@ -10,7 +10,10 @@
 //!    replays the few entries after it.
 //! 2. **Fence** (the core says `Fenced`): the owner waits for the call in
 //!    flight, hashes the instance's memory at the fence and sends the
-//!    target a [`FenceNote`].
+//!    target a [`FenceNote`]. A call that ran just after the fence (the
+//!    core refused to journal it) left the instance a step ahead; the
+//!    hash is then the one the owner took before that call (it hashes
+//!    before each call while a handoff is under way).
 //! 3. **Arrival** (on the target): the hash after restore, the note, and the
 //!    time from the fence to the first action applied here (the cutover)
 //!    make the session's [`Arrival`], reported with the session.
