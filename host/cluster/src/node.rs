@@ -2294,9 +2294,6 @@ impl ClusterNode {
             });
         }
         match (handoff, stage) {
-            (false, Stage::Releasing) if replica.is_empty() || self.is_evicted(&replica) => {
-                self.designate(session, now);
-            }
             (true, Stage::Transferring) => {
                 let record = self.record(session).cloned();
                 if let Some(record) = record {
@@ -2331,6 +2328,9 @@ impl ClusterNode {
                         },
                     );
                 }
+            }
+            (false, Stage::Releasing) if replica.is_empty() || self.is_evicted(&replica) => {
+                self.designate(session, now);
             }
             (false, Stage::Releasing) => {
                 if let Some(old) = self.membership.by_name(&replica).cloned() {

@@ -1116,7 +1116,7 @@ impl Node {
             let leaving = on.leaving.load(Ordering::Relaxed);
             let result = node.wake(&on, &mut state).and_then(|()| {
                 if leaving {
-                    node.note_digest_before(&mut state)?;
+                    Self::note_digest_before(&mut state);
                 }
                 node.apply(&mut state, call, now_ms())
             });
@@ -1622,13 +1622,14 @@ impl Node {
             .ok_or_else(|| NodeError::NotFound("this node is not in a cluster".into()))?;
         let id = &cell.record.id;
         let mut state = cell.state.clone().lock_owned().await;
-        if let Some((before, digest)) = state.digest_before
+        let live_there = state.live.is_some() && state.position == position;
+        if !live_there
+            && let Some((before, digest)) = state.digest_before
             && before == position
-            && !(state.live.is_some() && state.position == position)
         {
             return Ok(tokens::hex(&digest));
         }
-        let journal = if state.live.is_some() && state.position == position {
+        let journal = if live_there {
             None
         } else {
             tracing::debug!(session = %id, position, live = state.live.is_some(), at = state.position, "rebuilding the session to hash it");
@@ -1693,14 +1694,15 @@ impl Node {
     }
 
     /// Hashes the live instance before a call (see
-    /// [`SessionState::digest_before`]).
-    fn note_digest_before(&self, state: &mut SessionState) -> Result<(), NodeError> {
+    /// [`SessionState::digest_before`]). Without one, the fence's hash
+    /// rebuilds the session: slower, as exact.
+    fn note_digest_before(state: &mut SessionState) {
         let position = state.position;
-        if let Some(session) = state.live.as_mut() {
-            let digest = session.state_digest().map_err(NodeError::from_call)?;
-            state.digest_before = Some((position, digest));
-        }
-        Ok(())
+        state.digest_before = state
+            .live
+            .as_mut()
+            .and_then(|session| session.state_digest().ok())
+            .map(|digest| (position, digest));
     }
 
     /// Applies `call` to a live session: the entry is queued for the
