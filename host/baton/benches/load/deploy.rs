@@ -1,4 +1,4 @@
-//! Cutover benchmark: `scripts/bench-deploy [SESSIONS | drain]`, which installs
+//! Cutover benchmark: `scripts/bench-deploy [SESSIONS | drain | 2mib]`, which installs
 //! `redis-server` for the baseline and runs
 //! `cargo bench -p baton --bench load -- --deploy [SESSIONS]`.
 //!
@@ -503,8 +503,11 @@ pub(super) fn run_benchmark() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    // `drain` alone skips the cutover workloads (for profiling the drain).
-    let drain_only = args.first().is_some_and(|a| a == "drain");
+    // `drain` alone runs only the drain, `2mib` only the ~2 MiB cutover
+    // (for profiling one of them).
+    let only = args.first().map(String::as_str);
+    let drain_only = only == Some("drain");
+    let big_only = only == Some("2mib");
     let sessions: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(20);
     let parent = std::env::var_os("CARGO_TARGET_TMPDIR").unwrap_or_else(|| "/tmp".into());
     let redis = Redis::start();
@@ -520,7 +523,10 @@ pub(super) fn run_benchmark() {
     println!(
         "cutover benchmark: node-a hands every session to node-c on SIGTERM; players act on acknowledgement through node-b"
     );
-    for (workload, n, label) in workloads(sessions).into_iter().filter(|_| !drain_only) {
+    let picked = workloads(sessions).into_iter().filter(|(workload, _, _)| {
+        !drain_only && (!big_only || matches!(workload, Workload::Ballast(_)))
+    });
+    for (workload, n, label) in picked {
         let mut cluster = Cluster::start(Path::new(&parent));
         if let Workload::Ballast(_) = workload {
             publish(cluster.a.addr, baton_games::MISBEHAVE.bytes);
@@ -589,6 +595,9 @@ pub(super) fn run_benchmark() {
         }
     }
 
+    if big_only {
+        return;
+    }
     let mut cluster = Cluster::start(Path::new(&parent));
     let ids = session_ids(&create(&cluster.a, Workload::Minotaur, DRAINED));
     let (c, drain) = cluster.deploy();

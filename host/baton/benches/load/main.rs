@@ -1,6 +1,6 @@
 //! Load benchmark: `cargo bench -p baton --bench load [-- SESSIONS SECONDS HIBERNATED RATE]`.
 //! Replication benchmark (`cluster.rs`): `cargo bench -p baton --bench load -- --cluster [SESSIONS SECONDS]`.
-//! Cutover benchmark (`deploy.rs`): `scripts/bench-deploy [SESSIONS]`.
+//! Cutover benchmark (`deploy.rs`): `scripts/bench-deploy [SESSIONS | drain | 2mib]`.
 //!
 //! Starts a real `baton serve` (release build, fsync on) on loopback, opens
 //! two WebSocket players per minotaur session, and has every player act as
