@@ -421,6 +421,11 @@ struct Owning {
     replica_len: u64,
     /// Where the next message to the replica starts: its latest answer.
     replica_next: u64,
+    /// The journal length last sent to the replica: entries past it are
+    /// new to it. Between renewals only those are sent, so that acks of
+    /// entries still in flight send nothing (else every ack would resend
+    /// what is in flight, and the messages multiply while a copy lags).
+    replica_sent: u64,
     lease_until: u64,
     last_sent: Option<u64>,
     pending: BTreeMap<u64, Vec<u8>>,
@@ -434,6 +439,8 @@ struct Move {
     to: NodeId,
     handoff: bool,
     learner_len: u64,
+    /// The journal length last sent to the learner (see `replica_sent`).
+    learner_sent: u64,
     stage: Stage,
     /// The host warmed the target (or need not: see `Config::await_warm`).
     warm: bool,
@@ -1299,6 +1306,7 @@ impl ClusterNode {
                     o.replica = record.replica.clone();
                     o.replica_len = 0;
                     o.replica_next = 0;
+                    o.replica_sent = 0;
                     o.lease_until = o.lease_until.min(now);
                 }
             }
@@ -1470,6 +1478,7 @@ impl ClusterNode {
                 replica,
                 replica_len: 0,
                 replica_next: 0,
+                replica_sent: 0,
                 lease_until: 0,
                 last_sent: None,
                 pending: BTreeMap::new(),
@@ -1742,6 +1751,7 @@ impl ClusterNode {
         o.replica = m.to.name.clone();
         o.replica_len = 0;
         o.replica_next = 0;
+        o.replica_sent = 0;
         o.last_sent = None;
         let Some(mut record) = self.record(session).cloned() else {
             return;
@@ -2060,12 +2070,12 @@ impl ClusterNode {
         let mut out = Vec::new();
         let replica = self.membership.by_name(&o.replica).cloned();
         if let Some(replica) = replica
-            && (renew || o.replica_next < len)
+            && (renew || o.replica_sent < len)
         {
             out.push((replica, o.replica_next, true));
         }
         if let Some(m) = &o.moving
-            && (renew || m.learner_len < len)
+            && (renew || m.learner_sent < len)
             && m.stage == Stage::Syncing
             && m.to.name != o.replica
         {
@@ -2073,7 +2083,17 @@ impl ClusterNode {
         }
         let epoch = o.epoch;
         if let Some(Role::Owner(o)) = self.roles.get_mut(session) {
-            o.last_sent = Some(now);
+            for (_, _, replica) in &out {
+                match (*replica, o.moving.as_mut()) {
+                    // A message to the replica renews the lease.
+                    (true, _) => {
+                        o.last_sent = Some(now);
+                        o.replica_sent = len;
+                    }
+                    (false, Some(m)) => m.learner_sent = len,
+                    (false, None) => {}
+                }
+            }
         }
         let journal = self
             .durable
@@ -2205,6 +2225,7 @@ impl ClusterNode {
                 to,
                 handoff,
                 learner_len: 0,
+                learner_sent: 0,
                 stage: Stage::Syncing,
                 warm,
             });

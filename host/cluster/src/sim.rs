@@ -200,6 +200,10 @@ pub struct Report {
     pub acked: u64,
     /// Promotions and transfers (ownership changes after creation).
     pub moves: u64,
+    /// Journal messages (`Replicate`) sent: with copies that lag, a
+    /// protocol that resent what is in flight on every ack would multiply
+    /// them.
+    pub replicates: u64,
     /// Sessions left with no owner because both holders, owner and
     /// replica, are gone for good (evicted, drained away or crashed with
     /// no restart): the one-replica limit, not a
@@ -513,6 +517,9 @@ impl Sim {
     }
 
     fn post(&mut self, from: NodeId, to: NodeId, message: Message) {
+        if matches!(message, Message::Replicate { .. }) {
+            self.report.replicates += 1;
+        }
         let lost = self.rng.chance(self.config.loss);
         if let Some(session) = &self.trace {
             let text = format!("{message:?}");
@@ -919,7 +926,8 @@ impl Sim {
     /// a comment), with the network faults of `config` drawn from `seed`:
     ///
     /// - `config drain_deadline_ms=300` (any of `lease_ms`, `detect_ms`,
-    ///   `drift_ms`, `drain_deadline_ms`, `max_moves`, `loss`)
+    ///   `drift_ms`, `drain_deadline_ms`, `max_moves`, `loss`,
+    ///   `max_write_ms`, `actions_per_step`)
     /// - `nodes a b c [version N]`: start nodes at time 0
     /// - `sessions N`: create N sessions once the cluster can place them
     /// - `at MS start X [version N]`, `at MS crash X [restart-after MS]`,
@@ -966,6 +974,11 @@ impl Sim {
                         "drift_ms" => config.node.drift_ms = ms()?,
                         "drain_deadline_ms" => config.node.drain_deadline_ms = ms()?,
                         "max_moves" => config.node.max_moves = ms()? as usize,
+                        "max_write_ms" => config.max_write_ms = ms()?,
+                        "actions_per_step" => {
+                            config.actions_per_step =
+                                value.parse().map_err(|_| bad(*n, "not a number"))?
+                        }
                         "loss" => {
                             config.loss = value.parse().map_err(|_| bad(*n, "not a number"))?
                         }

@@ -280,3 +280,38 @@ fn a_replica_restarted_from_its_store_takes_over_from_an_owner_gone_for_good() {
         ",
     );
 }
+
+#[test]
+fn copies_that_lag_do_not_multiply_the_journal_messages() {
+    // Slow disks (acks wait for writes) and players acting all the time:
+    // the replica's and the handoff target's acks trail the journal, and
+    // each ack must not resend what is still in flight (that doubled the
+    // messages every round trip, and took seconds of a cutover).
+    for seed in 0..3 {
+        let report = Sim::scenario(
+            seed,
+            SimConfig::default(),
+            "
+            config max_write_ms=30 actions_per_step=1
+            nodes a b
+            sessions 2
+            at 1000 start c version 2
+            at 1000 drain a
+            run 3000
+            expect gone a
+            expect owned
+            ",
+        )
+        .expect("scenario");
+        assert!(report.violations.is_empty(), "{:#?}", report.violations);
+        // Each action goes once to the replica, and once to a handoff's
+        // target while one is under way; renewals add a few per session.
+        let bound = 2 * report.applied + 200;
+        assert!(
+            report.replicates <= bound,
+            "seed {seed}: {} journal messages for {} actions (bound {bound})",
+            report.replicates,
+            report.applied
+        );
+    }
+}
