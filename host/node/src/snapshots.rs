@@ -408,6 +408,9 @@ async fn send(
     body: &[u8],
 ) -> Result<Result<(), RemoteError>, NodeError> {
     let (mut send, mut recv) = mesh.open(to).await.map_err(NodeError::Unavailable)?;
+    // Bulk: the connection's other streams (the protocol's messages, a
+    // handoff's transfer among them) go first.
+    let _ = send.set_priority(-1);
     write_json(&mut send, &Forward::Snapshot(offered)).await?;
     write_frame(&mut send, body).await?;
     let _ = send.finish();
