@@ -21,7 +21,11 @@
 //! - **Drain**: per owned session, a target (ready, newest version, least
 //!   loaded) gets a learner copy while the session keeps serving; then the
 //!   owner fences, lets target and replica catch up, and transfers with
-//!   `epoch + 1`; it is done when the target acknowledged. A replica that
+//!   `epoch + 1`; it is done when the target acknowledged. The replica is
+//!   told the new owner (a **handover**) so that it serves it; a node that
+//!   creates an epoch on its own (a promotion) skips one, so that it never
+//!   takes the epoch a transfer it has not heard of may have given away,
+//!   and the transfer need not wait for the handover's acknowledgement. A replica that
 //!   drains is replaced by its owner: learner copy, release of the old
 //!   replica (acknowledged), then the learner is made replica.
 
@@ -33,6 +37,11 @@ use crate::crdt::{Delta, DeltaMap, Stamp};
 pub use crate::durable::{Changes, Durable, Handed, SessionState, StateChange};
 use crate::membership::{Change, Membership, NodeId, NodeInfo};
 use crate::placement;
+
+/// The newest wire version this core speaks. From 3, promotions skip an
+/// epoch, so a handoff's transfer goes out with its handover (to a replica
+/// that speaks 3) instead of after the replica acknowledged it.
+pub const WIRE: u32 = 3;
 
 /// Timings, all in milliseconds of a node's own clock.
 #[derive(Clone, Debug)]
@@ -58,6 +67,9 @@ pub struct Config {
     /// rest keep serving, their leases renewed, until one is done. A node
     /// that moved thousands at once would starve its own renewals.
     pub max_moves: usize,
+    /// The wire version this node speaks ([`WIRE`]; older ones only to
+    /// simulate a cluster of mixed versions).
+    pub wire: u32,
     /// Test only: apply without a valid lease and ignore higher epochs, to
     /// show that the simulation's checker catches a double owner.
     #[doc(hidden)]
@@ -75,6 +87,7 @@ impl Default for Config {
             tombstone_ttl_ms: 60_000,
             await_warm: false,
             max_moves: 64,
+            wire: WIRE,
             unsafe_ignore_fencing: false,
         }
     }
@@ -441,6 +454,8 @@ struct Move {
     learner_len: u64,
     /// The journal length last sent to the learner (see `replica_sent`).
     learner_sent: u64,
+    /// Handoff: the replica acknowledged the handover.
+    handed_over: bool,
     stage: Stage,
     /// The host warmed the target (or need not: see `Config::await_warm`).
     warm: bool,
@@ -455,7 +470,8 @@ enum Stage {
     /// Handoff: fenced and copied; the replica is told the next epoch's
     /// owner, so that it can never promote itself into that epoch.
     Handover,
-    /// Handoff: the replica agreed; transfer sent, waiting for its ack.
+    /// Handoff: transfer sent, waiting for its ack; the replica agreed, or
+    /// is told alongside (see [`WIRE`]).
     Transferring,
 }
 
@@ -507,6 +523,8 @@ pub struct ClusterNode {
     drained: bool,
     /// Sessions whose old replica confirmed its release to this boot.
     released: BTreeSet<String>,
+    /// The wire version spoken with each peer, by name.
+    wires: BTreeMap<String, u32>,
     /// A draining replica passing the session on (its owner is down).
     handing: BTreeMap<String, Handing>,
     /// Peers whose records this boot has joined at least once.
@@ -580,6 +598,7 @@ impl ClusterNode {
             draining: None,
             drained: false,
             released: BTreeSet::new(),
+            wires: BTreeMap::new(),
             synced_from: BTreeSet::new(),
             handing: BTreeMap::new(),
             last_heartbeat: None,
@@ -618,6 +637,30 @@ impl ClusterNode {
         if peer != self.id {
             self.peers.insert(peer);
         }
+    }
+
+    /// The wire version this node speaks.
+    pub fn wire(&self) -> u32 {
+        self.config.wire
+    }
+
+    /// The wire version this node and node `name` agreed on (the transport
+    /// negotiates it per connection).
+    pub fn peer_wire(&mut self, name: &str, version: u32) {
+        self.wires.insert(name.to_owned(), version);
+    }
+
+    /// How far past the epochs it knows a node creates one on its own: a
+    /// node of wire 3 leaves the next to a transfer it may not have heard
+    /// of yet.
+    fn own_epoch_step(&self) -> u64 {
+        if self.config.wire >= 3 { 2 } else { 1 }
+    }
+
+    /// Whether a handoff's transfer may go out with its handover: both this
+    /// node and the replica skip an epoch on promotion.
+    fn transfer_with_handover(&self, o: &Owning) -> bool {
+        self.config.wire >= 3 && self.wires.get(&o.replica).is_some_and(|v| *v >= 3)
     }
 
     /// The record of `session`, as this node knows it.
@@ -1223,10 +1266,13 @@ impl ClusterNode {
             Message::HandoverAck { session, epoch } => {
                 if let Some(Role::Owner(o)) = self.roles.get_mut(&session)
                     && o.epoch + 1 == epoch
-                    && let Some(m) = o.moving.as_mut().filter(|m| m.stage == Stage::Handover)
+                    && let Some(m) = o.moving.as_mut().filter(|m| m.handoff)
                 {
-                    m.stage = Stage::Transferring;
-                    self.advance_move(&session, now);
+                    m.handed_over = true;
+                    if m.stage == Stage::Handover {
+                        m.stage = Stage::Transferring;
+                        self.advance_move(&session, now);
+                    }
                 }
             }
             Message::Release { session, .. }
@@ -1398,6 +1444,14 @@ impl ClusterNode {
             }) => (*e + 1 == epoch && *o == from) || (*e == epoch && *o == owner),
             _ => false,
         };
+        let already = matches!(self.roles.get(&session),
+            Some(Role::Replica { epoch: e, owner: o, .. }) if *e == epoch && *o == owner);
+        if already {
+            // The new owner called first (its transfer went out with this
+            // handover): it is served already.
+            self.send(from, Message::HandoverAck { session, epoch });
+            return;
+        }
         if !agreed {
             let known = self.known_epoch(&session);
             if known >= epoch {
@@ -1688,11 +1742,15 @@ impl ClusterNode {
         } else {
             replica
         };
-        if let Some(journal) = self.durable.journals.get_mut(&session)
-            && journal.len() as u64 > len
-        {
+        // Held even when empty: a restart finds what its previous boot owned
+        // by its journal.
+        let held = self.durable.journals.contains_key(&session);
+        let journal = self.durable.journals.entry(session.clone()).or_default();
+        if journal.len() as u64 > len {
             journal.truncate(len as usize);
             self.touched(&session, len);
+        } else if !held {
+            self.touched(&session, 0);
         }
         record.owner = self.id.clone();
         record.epoch = epoch;
@@ -1986,15 +2044,15 @@ impl ClusterNode {
                 else {
                     return;
                 };
+                // Past its own offers, and past the epochs it knows as a
+                // promotion would be.
                 let offered = self.durable.handed.get(session).map_or(0, |h| h.offered);
-                let floor = current
-                    .map_or(epoch, |h| h.epoch)
-                    .max(self.known_epoch(session))
-                    .max(offered);
+                let own = current.map_or(0, |h| h.epoch).max(offered) + 1;
+                let known = epoch.max(self.known_epoch(session)) + self.own_epoch_step();
                 Handing {
                     to,
                     held: 0,
-                    epoch: floor + 1,
+                    epoch: own.max(known),
                 }
             }
         };
@@ -2040,7 +2098,7 @@ impl ClusterNode {
 
     /// The replica takes over: a higher epoch, a replica of its own.
     fn promote(&mut self, session: &str, epoch: u64, now: u64) {
-        let epoch = epoch.max(self.known_epoch(session)) + 1;
+        let epoch = epoch.max(self.known_epoch(session)) + self.own_epoch_step();
         let Some(mut record) = self.record(session).cloned() else {
             return;
         };
@@ -2226,6 +2284,7 @@ impl ClusterNode {
                 handoff,
                 learner_len: 0,
                 learner_sent: 0,
+                handed_over: false,
                 stage: Stage::Syncing,
                 warm,
             });
@@ -2235,6 +2294,10 @@ impl ClusterNode {
 
     fn advance_move(&mut self, session: &str, now: u64) {
         let journal_len = self.journal_len(session);
+        let eager = match self.roles.get(session) {
+            Some(Role::Owner(o)) => self.transfer_with_handover(o),
+            _ => false,
+        };
         let Some(Role::Owner(o)) = self.roles.get_mut(session) else {
             return;
         };
@@ -2284,8 +2347,19 @@ impl ClusterNode {
                     // Caught up while serving: fence, then let both copies
                     // catch up with the last entries.
                     o.fenced = true;
-                    if o.replica_len >= journal_len && m.learner_len >= journal_len {
-                        m.stage = Stage::Handover;
+                    // A lease held means the replica acknowledged this epoch
+                    // lately: its store knows the epoch and holds every entry
+                    // of it, so it may serve the next owner (or promote, if
+                    // that one never calls).
+                    if o.replica_len >= journal_len
+                        && m.learner_len >= journal_len
+                        && o.lease_until > now
+                    {
+                        m.stage = if eager {
+                            Stage::Transferring
+                        } else {
+                            Stage::Handover
+                        };
                     }
                 }
             }
@@ -2305,6 +2379,7 @@ impl ClusterNode {
             (_, Stage::Releasing | Stage::Handover | Stage::Transferring) => {}
         }
         let (to, stage, handoff, epoch) = (m.to.clone(), m.stage, m.handoff, o.epoch);
+        let handed_over = m.handed_over;
         let replica = o.replica.clone();
         if handoff && o.fenced && !was_fenced {
             self.events.push(Event::Fenced {
@@ -2313,6 +2388,22 @@ impl ClusterNode {
                 len: journal_len,
                 to: to.clone(),
             });
+        }
+        // Told alongside the transfer until it acknowledges (see `WIRE`).
+        let hand_over = match (handoff, stage) {
+            (true, Stage::Handover) => true,
+            (true, Stage::Transferring) => !handed_over && replica != to.name,
+            _ => false,
+        };
+        if hand_over && let Some(replica) = self.membership.by_name(&replica).cloned() {
+            self.send(
+                replica,
+                Message::Handover {
+                    session: session.to_owned(),
+                    epoch: epoch + 1,
+                    owner: to.clone(),
+                },
+            );
         }
         match (handoff, stage) {
             (true, Stage::Transferring) => {
@@ -2338,18 +2429,7 @@ impl ClusterNode {
                     );
                 }
             }
-            (true, Stage::Handover) => {
-                if let Some(replica) = self.membership.by_name(&replica).cloned() {
-                    self.send(
-                        replica,
-                        Message::Handover {
-                            session: session.to_owned(),
-                            epoch: epoch + 1,
-                            owner: to,
-                        },
-                    );
-                }
-            }
+            (true, Stage::Handover) => {}
             (false, Stage::Releasing) if replica.is_empty() || self.is_evicted(&replica) => {
                 self.designate(session, now);
             }

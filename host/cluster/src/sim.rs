@@ -79,6 +79,9 @@ pub struct SimConfig {
     /// A node's writes take 0 to this many ms each, in order; a crash
     /// loses those not done, and what waits for them.
     pub max_write_ms: u64,
+    /// Nodes of a host version below this one speak the previous wire
+    /// version (2): a cluster of mixed versions, as in a rolling deploy.
+    pub older_wire_below: u32,
 }
 
 impl Default for SimConfig {
@@ -99,6 +102,7 @@ impl Default for SimConfig {
             max_drift_ppm: 20_000,
             actions_per_step: 1.0,
             max_write_ms: 8,
+            older_wire_below: 0,
         }
     }
 }
@@ -380,9 +384,14 @@ impl Sim {
             boot,
         };
         let clock = slot.clock(self.now);
+        let mut config = self.config.node.clone();
+        if slot.version < self.config.older_wire_below {
+            config.wire = config.wire.min(2);
+        }
+        let wire = config.wire;
         let mut node = ClusterNode::new(
             id.clone(),
-            self.config.node.clone(),
+            config,
             slot.version,
             1000,
             slot.disk.load(),
@@ -393,6 +402,10 @@ impl Sim {
             if let Some(peer) = other.node.as_mut() {
                 peer.add_peer(id.clone());
                 node.add_peer(peer.id().clone());
+                // As the transport negotiates it: the older of the two.
+                let agreed = wire.min(peer.wire());
+                peer.peer_wire(name, agreed);
+                node.peer_wire(&other.name, agreed);
             }
         }
         self.slots[index].node = Some(node);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use baton_cluster::crdt::Entry;
 use baton_cluster::node::{Changes, Durable, Event, Key, Record, SessionState};
 use baton_store::{GroupCommit, Store, Write};
-use baton_transport::{DurableStore, Identity, Mesh, MeshConfig, WriteDone};
+use baton_transport::{DurableStore, Identity, Mesh, MeshConfig, WriteDone, wire_version_number};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
@@ -286,12 +286,16 @@ pub(crate) async fn join(node: &Arc<Node>, config: &ClusterConfig) -> Result<(),
     }
     let mut identity = Identity::from_files(&config.name, &config.cert, &config.key, &config.ca)
         .map_err(|e| NodeError::Internal(format!("cluster identity: {e}")))?;
+    let mut core = config.core();
     if !config.wire_versions.is_empty() {
         let versions: Vec<&str> = config.wire_versions.iter().map(String::as_str).collect();
         identity = identity.with_wire_versions(&versions);
+        // A host offering only older versions behaves as those hosts did.
+        let newest = versions.iter().map(|v| wire_version_number(v)).max();
+        core.wire = core.wire.min(newest.unwrap_or(0));
     }
     let mut mesh_config = MeshConfig::new(config.listen, config.seeds.clone());
-    mesh_config.node = config.core();
+    mesh_config.node = core;
     mesh_config.host_version = config.host_version;
     mesh_config.replication = config.replication;
     mesh_config.capacity = u32::try_from(node.config.max_sessions).unwrap_or(u32::MAX);

@@ -841,6 +841,9 @@ impl Driver {
                 }
                 self.known.insert(listen);
                 self.known.extend(known);
+                if let Some(link) = self.links.get(&name) {
+                    self.node.peer_wire(&name, link.version);
+                }
                 self.node.add_peer(node);
             }
             Input::Received { from, message } => self.node.handle(from, message, now_ms()),

@@ -18,9 +18,12 @@ use crate::certs::check_node_name;
 /// deploy; the negotiated one is [`crate::Peer::version`], and the protocol
 /// above uses only what both sides speak.
 ///
+/// - `baton/3`: promotions skip an epoch, so a handoff's transfer goes out
+///   with its handover instead of after the replica acknowledged it (see
+///   `baton_cluster::node::WIRE`).
 /// - `baton/2`: nodes also ship session snapshots to replicas.
 /// - `baton/1`: records, heartbeats, journals, tunnels.
-pub const WIRE_VERSIONS: &[&str] = &["baton/2", "baton/1"];
+pub const WIRE_VERSIONS: &[&str] = &["baton/3", "baton/2", "baton/1"];
 
 /// The number in a wire version id (`baton/2` → 2); 0 if it has none.
 pub fn wire_version_number(id: &str) -> u32 {
