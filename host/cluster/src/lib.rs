@@ -54,4 +54,4 @@ pub mod placement;
 pub mod sim;
 
 pub use membership::NodeId;
-pub use node::{ClusterNode, Config, Event, Message, Refusal};
+pub use node::{ClusterNode, Config, Event, Message, Refusal, Transmit};

@@ -424,6 +424,23 @@ pub enum Event {
     Membership(Change),
 }
 
+/// What a node wants sent.
+#[derive(Debug, Default)]
+pub struct Transmit {
+    /// Messages that depend on no write of this node's: to send at once,
+    /// ahead of the writes of this round. Today only a new owner's first
+    /// message to its replica after a transfer: its epoch was given to this
+    /// boot alone, and the journal it sends is the learner copy it already
+    /// acknowledged (so on disk). If its own write of the transfer is lost
+    /// in a crash, the replica serves a boot that is gone and promotes once
+    /// its promise lapsed; no client was acknowledged (that needs this
+    /// node's writes, done in order). The cutover saves a write's wait.
+    pub at_once: Vec<(NodeId, Message)>,
+    /// The rest, oldest first: each waits in the host's
+    /// [`crate::outbox::Outbox`] for the writes it depends on.
+    pub ordered: Vec<(NodeId, Message)>,
+}
+
 /// An owned session's replication and handoff state.
 #[derive(Clone, Debug)]
 struct Owning {
@@ -540,6 +557,8 @@ pub struct ClusterNode {
     /// The records' change counter as of the last [`StateChange`].
     records_written: u64,
     outbox: Vec<(NodeId, Message)>,
+    /// Messages that depend on no write of this node (see [`Transmit`]).
+    at_once: Vec<(NodeId, Message)>,
     events: Vec<Event>,
     /// Moves under way, as counted by the running tick.
     moves_started: usize,
@@ -607,6 +626,7 @@ impl ClusterNode {
             reshaped: BTreeSet::new(),
             records_written,
             outbox: Vec::new(),
+            at_once: Vec::new(),
             events: Vec::new(),
             moves_started: 0,
         }
@@ -622,9 +642,13 @@ impl ClusterNode {
         self.durable.journals.get(session).map(Vec::as_slice)
     }
 
-    /// Messages to send, oldest first.
-    pub fn poll_transmit(&mut self) -> Vec<(NodeId, Message)> {
-        std::mem::take(&mut self.outbox)
+    /// Messages to send: those that may go at once, and the rest, oldest
+    /// first, for the host's [`crate::outbox::Outbox`].
+    pub fn poll_transmit(&mut self) -> Transmit {
+        Transmit {
+            at_once: std::mem::take(&mut self.at_once),
+            ordered: std::mem::take(&mut self.outbox),
+        }
     }
 
     /// Events for the host, oldest first.
@@ -1560,6 +1584,11 @@ impl ClusterNode {
         sent_at: u64,
         now: u64,
     ) {
+        // A learner's copy that reaches the replica it has become since (a
+        // late or repeated message): still the replica, still complete.
+        let as_replica = as_replica
+            || matches!(self.roles.get(&session),
+                Some(Role::Replica { epoch: e, owner: o, .. }) if *e == epoch && *o == owner);
         let known = self.known_epoch(&session);
         let owns_now = matches!(self.roles.get(&session), Some(Role::Owner(o)) if o.epoch >= epoch);
         let handed = self
@@ -1756,7 +1785,11 @@ impl ClusterNode {
         record.epoch = epoch;
         record.replica = replica.clone();
         self.write_record(&session, record, 0, now);
+        let queued = self.outbox.len();
         self.own(&session, epoch, replica, now);
+        // The first lease request goes at once (see `Transmit::at_once`).
+        let request = self.outbox.split_off(queued);
+        self.at_once.extend(request);
         self.send(from, Message::TransferAck { session, epoch });
     }
 

@@ -731,7 +731,10 @@ impl Sim {
             let at = after.max(self.now + self.rng.range(0, self.config.max_write_ms + 1));
             self.slots[i].writing.push_back((at, generation, changes));
         }
-        for (to, message) in out {
+        for (to, message) in out.at_once {
+            self.post(from.clone(), to, message);
+        }
+        for (to, message) in out.ordered {
             if let Some((to, message)) = self.slots[i].outbox.send(to, message) {
                 self.post(from.clone(), to, message);
             }

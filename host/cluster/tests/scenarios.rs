@@ -201,9 +201,12 @@ fn a_module_published_on_one_node_is_listed_by_all() {
         for node in &mut nodes {
             node.tick(now);
             let from = node.id().clone();
+            let transmit = node.poll_transmit();
             mail.extend(
-                node.poll_transmit()
+                transmit
+                    .at_once
                     .into_iter()
+                    .chain(transmit.ordered)
                     .map(|(to, m)| (from.clone(), to, m)),
             );
         }

@@ -1275,8 +1275,12 @@ impl Driver {
                 }
             }
         }
+        let transmit = self.node.poll_transmit();
+        for (to, message) in transmit.at_once {
+            self.send(to, message);
+        }
         self.write_changes();
-        for (to, message) in self.node.poll_transmit() {
+        for (to, message) in transmit.ordered {
             if let Some((to, message)) = self.outbox.send(to, message) {
                 self.send(to, message);
             }
