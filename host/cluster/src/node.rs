@@ -22,12 +22,12 @@
 //!   loaded) gets a learner copy while the session keeps serving; then the
 //!   owner fences, lets target and replica catch up, and transfers with
 //!   `epoch + 1`; it is done when the target acknowledged. The replica is
-//!   told the new owner (a **handover**) so that it serves it; a node that
+//!   told the new owner (a **handover**) so that it serves it. A node that
 //!   creates an epoch on its own (a promotion) skips one, so that it never
-//!   takes the epoch a transfer it has not heard of may have given away,
-//!   and the transfer need not wait for the handover's acknowledgement. A replica that
-//!   drains is replaced by its owner: learner copy, release of the old
-//!   replica (acknowledged), then the learner is made replica.
+//!   takes the epoch a transfer it has not heard of may have given away;
+//!   so the transfer need not wait for the handover's acknowledgement. A
+//!   replica that drains is replaced by its owner: learner copy, release
+//!   of the old replica (acknowledged), then the learner is made replica.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -1462,20 +1462,20 @@ impl ClusterNode {
 
     /// The owner hands the session to `owner` at `epoch`: serve it instead.
     fn on_handover(&mut self, from: NodeId, session: String, epoch: u64, owner: NodeId, now: u64) {
-        let agreed = match self.roles.get(&session) {
-            Some(Role::Replica {
-                epoch: e, owner: o, ..
-            }) => (*e + 1 == epoch && *o == from) || (*e == epoch && *o == owner),
-            _ => false,
-        };
         let already = matches!(self.roles.get(&session),
             Some(Role::Replica { epoch: e, owner: o, .. }) if *e == epoch && *o == owner);
         if already {
             // The new owner called first (its transfer went out with this
-            // handover): it is served already.
+            // handover), or this is a repeat: it is served already.
             self.send(from, Message::HandoverAck { session, epoch });
             return;
         }
+        let agreed = match self.roles.get(&session) {
+            Some(Role::Replica {
+                epoch: e, owner: o, ..
+            }) => *e + 1 == epoch && *o == from,
+            _ => false,
+        };
         if !agreed {
             let known = self.known_epoch(&session);
             if known >= epoch {
