@@ -318,3 +318,140 @@ fn copies_that_lag_do_not_multiply_the_journal_messages() {
         );
     }
 }
+
+/// Where in a drain's handoff each step happened: the round (10 ms of
+/// ticks and one delivery of everything sent) of the owner's first
+/// handover and first transfer, of the replica's acknowledgement of the
+/// handover, and the messages the target sent at once on owning.
+struct HandoffRounds {
+    handover: usize,
+    handover_ack: Option<usize>,
+    transfer: usize,
+    at_once: Vec<(baton_cluster::NodeId, baton_cluster::Message)>,
+}
+
+/// n0 owns a session replicated on n1; n2, of a newer host version, joins
+/// and n0 drains. Every node speaks wire `wire`.
+fn handoff_rounds(wire: u32) -> HandoffRounds {
+    use baton_cluster::node::NewSession;
+    use baton_cluster::{ClusterNode, Config, Message, NodeId};
+    let ids: Vec<NodeId> = (0..3)
+        .map(|i| NodeId {
+            name: format!("n{i}"),
+            boot: i,
+        })
+        .collect();
+    let config = Config {
+        wire,
+        ..Config::default()
+    };
+    let mut nodes: Vec<ClusterNode> = ids
+        .iter()
+        .zip([1, 1, 2])
+        .map(|(id, version)| {
+            ClusterNode::new(
+                id.clone(),
+                config.clone(),
+                version,
+                100,
+                Default::default(),
+                0,
+            )
+        })
+        .collect();
+    let mut joined = 2;
+    let link = |nodes: &mut Vec<ClusterNode>, joined: usize| {
+        for a in 0..joined {
+            for b in 0..joined {
+                nodes[a].add_peer(ids[b].clone());
+                nodes[a].peer_wire(&ids[b].name, wire);
+            }
+        }
+    };
+    link(&mut nodes, joined);
+    let mut rounds = HandoffRounds {
+        handover: 0,
+        handover_ack: None,
+        transfer: 0,
+        at_once: Vec::new(),
+    };
+    for round in 0..400 {
+        let now = round as u64 * 10;
+        match round {
+            30 => {
+                nodes[0]
+                    .create_here("s", NewSession::default(), now)
+                    .expect("create");
+            }
+            100 => {
+                joined = 3;
+                link(&mut nodes, joined);
+            }
+            200 => nodes[0].drain(now),
+            _ => {}
+        }
+        let mut mail: Vec<(NodeId, NodeId, Message)> = Vec::new();
+        for node in nodes.iter_mut().take(joined) {
+            node.tick(now);
+            let from = node.id().clone();
+            let transmit = node.poll_transmit();
+            if from.name == "n2" && rounds.at_once.is_empty() {
+                rounds.at_once = transmit.at_once.clone();
+            }
+            for (to, message) in transmit.at_once.into_iter().chain(transmit.ordered) {
+                match (&message, from.name.as_str()) {
+                    (Message::Handover { .. }, "n0") if rounds.handover == 0 => {
+                        rounds.handover = round;
+                    }
+                    (Message::Transfer { .. }, "n0") if rounds.transfer == 0 => {
+                        rounds.transfer = round;
+                    }
+                    (Message::HandoverAck { .. }, "n1") if rounds.handover_ack.is_none() => {
+                        rounds.handover_ack = Some(round);
+                    }
+                    _ => {}
+                }
+                mail.push((from.clone(), to, message));
+            }
+        }
+        for (from, to, message) in mail {
+            if let Some(node) = nodes.iter_mut().take(joined).find(|n| *n.id() == to) {
+                node.handle(from, message, now);
+            }
+        }
+    }
+    assert!(
+        nodes[2].owned().iter().any(|(s, _)| s == "s"),
+        "n2 never took the session over"
+    );
+    rounds
+}
+
+#[test]
+fn the_transfer_goes_with_the_handover_and_the_new_owner_asks_for_a_lease_at_once() {
+    let rounds = handoff_rounds(baton_cluster::node::WIRE);
+    assert!(rounds.transfer > 0, "no transfer");
+    assert_eq!(
+        rounds.transfer, rounds.handover,
+        "the transfer should go out with the handover"
+    );
+    // Owning, the target asks its replica (n1) for its first lease at once,
+    // ahead of its own write of the transfer.
+    assert!(
+        matches!(
+            rounds.at_once.as_slice(),
+            [(to, baton_cluster::Message::Replicate { epoch: 2, replica: true, .. })] if to.name == "n1"
+        ),
+        "{:?}",
+        rounds.at_once
+    );
+    // Between nodes of wire 2 it waits for the replica's acknowledgement.
+    let older = handoff_rounds(2);
+    let acked = older.handover_ack.expect("the replica acknowledged");
+    assert!(
+        older.transfer > acked && acked >= older.handover,
+        "wire 2: handover in round {}, its ack in {acked}, transfer in {}",
+        older.handover,
+        older.transfer
+    );
+}
