@@ -361,10 +361,10 @@ fn handoff_rounds(wire: u32) -> HandoffRounds {
         .collect();
     let mut joined = 2;
     let link = |nodes: &mut Vec<ClusterNode>, joined: usize| {
-        for a in 0..joined {
-            for b in 0..joined {
-                nodes[a].add_peer(ids[b].clone());
-                nodes[a].peer_wire(&ids[b].name, wire);
+        for node in nodes.iter_mut().take(joined) {
+            for id in ids.iter().take(joined) {
+                node.add_peer(id.clone());
+                node.peer_wire(&id.name, wire);
             }
         }
     };
