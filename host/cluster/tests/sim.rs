@@ -17,6 +17,24 @@ fn run_mixed(seed: u64) -> baton_cluster::sim::Report {
     Sim::random(seed, config, 4, 8, 6_000, 5_000)
 }
 
+/// `BATON_SIM_SEEDS`, or `default`.
+fn seed_count(default: u64) -> u64 {
+    std::env::var("BATON_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Fails with the first few `(seed, violation)` pairs, if any.
+fn assert_none_failing(failing: &[(u64, String)], rerun: &str) {
+    assert!(
+        failing.is_empty(),
+        "{} failing seeds (rerun one with {rerun}): {:#?}",
+        failing.len(),
+        &failing[..failing.len().min(10)]
+    );
+}
+
 /// `BATON_SIM_SEED=<n>` reruns one seed and prints its log.
 #[test]
 fn one_seed_from_the_environment() {
@@ -36,10 +54,7 @@ fn one_seed_from_the_environment() {
 
 #[test]
 fn many_seeds_keep_every_guarantee() {
-    let seeds: u64 = std::env::var("BATON_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+    let seeds = seed_count(1000);
     let (mut applied, mut acked, mut moves) = (0, 0, 0);
     let mut failing = Vec::new();
     let mut stranded = Vec::new();
@@ -65,32 +80,20 @@ fn many_seeds_keep_every_guarantee() {
         stranded.len() as u64 * 200 <= seeds.max(200),
         "too many seeds lost both holders of a session: {stranded:?}"
     );
-    assert!(
-        failing.is_empty(),
-        "{} failing seeds (rerun one with BATON_SIM_SEED=<seed>): {:#?}",
-        failing.len(),
-        &failing[..failing.len().min(10)]
-    );
+    assert_none_failing(&failing, "BATON_SIM_SEED=<seed>");
 }
 
 #[test]
 fn many_seeds_of_mixed_versions_keep_every_guarantee() {
-    let seeds: u64 = std::env::var("BATON_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .map_or(300, |n: u64| n / 4);
+    // A quarter as many as the other test runs (300 by default).
+    let seeds = seed_count(1200) / 4;
     let failing: Vec<(u64, String)> = (0..seeds)
         .filter_map(|seed| {
             let report = run_mixed(seed);
             report.violations.first().map(|v| (seed, v.clone()))
         })
         .collect();
-    assert!(
-        failing.is_empty(),
-        "{} failing seeds (rerun one with BATON_SIM_MIXED=1 BATON_SIM_SEED=<seed>): {:#?}",
-        failing.len(),
-        &failing[..failing.len().min(10)]
-    );
+    assert_none_failing(&failing, "BATON_SIM_MIXED=1 BATON_SIM_SEED=<seed>");
 }
 
 /// The checker bites: with the lease and epoch checks switched off, the
