@@ -20,8 +20,11 @@
 //!   records and in every replication message's answer.
 //! - **Drain**: per owned session, a target (ready, newest version, least
 //!   loaded) gets a learner copy while the session keeps serving; then the
-//!   owner fences, lets target and replica catch up, and transfers with
-//!   `epoch + 1`; it is done when the target acknowledged. The replica is
+//!   owner fences, at a quiet moment if one comes within a heartbeat (the
+//!   replica holds every entry and the target was sent them all: the
+//!   transfer follows them on the same stream at once), else once the
+//!   target caught up, and transfers with `epoch + 1` once the replica
+//!   holds every entry; it is done when the target acknowledged. The replica is
 //!   told the new owner (a **handover**) so that it serves it. A node that
 //!   creates an epoch on its own (a promotion) skips one, so that it never
 //!   takes the epoch a transfer it has not heard of may have given away;
@@ -476,6 +479,9 @@ struct Move {
     stage: Stage,
     /// The host warmed the target (or need not: see `Config::await_warm`).
     warm: bool,
+    /// Handoff: when the target was first warm (see `advance_move`: the
+    /// fence waits for a quiet moment from then).
+    warm_at: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -2165,9 +2171,11 @@ impl ClusterNode {
         {
             out.push((replica, o.replica_next, true));
         }
+        // After a handoff's fence, the transfer may have gone before the
+        // learner acknowledged the last entries: renewals resend them.
         if let Some(m) = &o.moving
             && (renew || m.learner_sent < len)
-            && m.stage == Stage::Syncing
+            && (m.stage == Stage::Syncing || m.handoff && renew && m.learner_len < len)
             && m.to.name != o.replica
         {
             out.push((m.to.clone(), m.learner_len, false));
@@ -2320,6 +2328,7 @@ impl ClusterNode {
                 handed_over: false,
                 stage: Stage::Syncing,
                 warm,
+                warm_at: None,
             });
         }
         self.replicate(session, now, false);
@@ -2376,18 +2385,27 @@ impl ClusterNode {
                 }
             }
             (true, Stage::Syncing) => {
-                if m.learner_len >= journal_len && m.warm {
-                    // Caught up while serving: fence, then let both copies
-                    // catch up with the last entries.
+                if m.warm {
+                    m.warm_at.get_or_insert(now);
+                }
+                // Quiet: the replica holds every entry (no client waits for
+                // one) and the learner was sent every entry. The transfer
+                // follows those entries on the same stream, so it can go at
+                // once; a target that lacks them ignores it, and it goes
+                // again. The fence waits for such a moment for a heartbeat
+                // at most, then fences once the learner holds every entry.
+                let sent_all = o.replica_len >= journal_len && m.learner_sent >= journal_len;
+                let learner_holds_all = m.learner_len >= journal_len;
+                let fence = m.warm_at.is_some_and(|at| {
+                    sent_all || learner_holds_all && now >= at + self.config.heartbeat_ms
+                });
+                if o.fenced || fence {
                     o.fenced = true;
                     // A lease held means the replica acknowledged this epoch
                     // lately: its store knows the epoch and holds every entry
                     // of it, so it may serve the next owner (or promote, if
                     // that one never calls).
-                    if o.replica_len >= journal_len
-                        && m.learner_len >= journal_len
-                        && o.lease_until > now
-                    {
+                    if sent_all && o.lease_until > now {
                         m.stage = if eager {
                             Stage::Transferring
                         } else {
