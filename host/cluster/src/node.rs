@@ -477,11 +477,10 @@ struct Move {
     /// Handoff: the replica acknowledged the handover.
     handed_over: bool,
     stage: Stage,
-    /// The host warmed the target (or need not: see `Config::await_warm`).
-    warm: bool,
-    /// Handoff: when the target was first warm (see `advance_move`: the
-    /// fence waits for a quiet moment from then).
-    warm_at: Option<u64>,
+    /// Since when the host has warmed the target (or since the move began,
+    /// if it need not: see `Config::await_warm`). The fence waits for a
+    /// quiet moment from then (see `advance_move`).
+    warm_since: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1013,7 +1012,7 @@ impl ClusterNode {
         if let Some(Role::Owner(o)) = self.roles.get_mut(session)
             && let Some(m) = o.moving.as_mut().filter(|m| m.handoff && m.to == *to)
         {
-            m.warm = true;
+            m.warm_since.get_or_insert(now);
             self.advance_move(session, now);
         }
     }
@@ -2327,8 +2326,7 @@ impl ClusterNode {
                 learner_sent: 0,
                 handed_over: false,
                 stage: Stage::Syncing,
-                warm,
-                warm_at: None,
+                warm_since: warm.then_some(now),
             });
         }
         self.replicate(session, now, false);
@@ -2385,9 +2383,6 @@ impl ClusterNode {
                 }
             }
             (true, Stage::Syncing) => {
-                if m.warm {
-                    m.warm_at.get_or_insert(now);
-                }
                 // Quiet: the replica holds every entry (no client waits for
                 // one) and the learner was sent every entry. The transfer
                 // follows those entries on the same stream, so it can go at
@@ -2396,7 +2391,7 @@ impl ClusterNode {
                 // at most, then fences once the learner holds every entry.
                 let sent_all = o.replica_len >= journal_len && m.learner_sent >= journal_len;
                 let learner_holds_all = m.learner_len >= journal_len;
-                let fence = m.warm_at.is_some_and(|at| {
+                let fence = m.warm_since.is_some_and(|at| {
                     sent_all || learner_holds_all && now >= at + self.config.heartbeat_ms
                 });
                 if o.fenced || fence {
