@@ -147,14 +147,15 @@ impl Slot {
 /// row per session, one per record; written only through the changes the
 /// node hands out, so a restart from it checks that they miss nothing.
 #[derive(Debug, Default)]
-struct Disk {
+pub struct Disk {
     journals: BTreeMap<String, Vec<Vec<u8>>>,
     sessions: BTreeMap<String, SessionState>,
     records: Delta<Key, Record>,
 }
 
 impl Disk {
-    fn write(&mut self, changes: Changes) {
+    /// Writes what a node handed out ([`ClusterNode::take_changes`]).
+    pub fn write(&mut self, changes: Changes) {
         for change in changes.journals {
             let journal = self.journals.entry(change.session).or_default();
             journal.truncate(change.from as usize);
@@ -175,7 +176,8 @@ impl Disk {
         self.records.extend(changes.state.records);
     }
 
-    fn load(&self) -> Durable {
+    /// What a node restarting from this disk starts with.
+    pub fn load(&self) -> Durable {
         let rows = self.sessions.iter().map(|(s, r)| (s.clone(), r.clone()));
         Durable::from_rows(rows, self.records.clone(), |session| {
             Ok::<_, ()>(self.journals.get(session).cloned().unwrap_or_default())

@@ -3,7 +3,9 @@
 //! with the checker's guarantees asserted after every step and the
 //! expectations at the end.
 
-use baton_cluster::sim::{Sim, SimConfig};
+use baton_cluster::node::NewSession;
+use baton_cluster::sim::{Disk, Sim, SimConfig};
+use baton_cluster::{ClusterNode, Config, Message, NodeId};
 
 fn run(name: &str, text: &str) {
     for seed in 0..5 {
@@ -170,22 +172,9 @@ fn a_scenario_with_a_typo_says_where() {
 
 #[test]
 fn a_module_published_on_one_node_is_listed_by_all() {
-    use baton_cluster::{ClusterNode, Config, Message, NodeId};
-    let ids: Vec<NodeId> = (0..3)
-        .map(|i| NodeId {
-            name: format!("n{i}"),
-            boot: i,
-        })
-        .collect();
-    let mut nodes: Vec<ClusterNode> = ids
-        .iter()
-        .map(|id| ClusterNode::new(id.clone(), Config::default(), 1, 100, Default::default(), 0))
-        .collect();
-    for node in &mut nodes {
-        for id in &ids {
-            node.add_peer(id.clone());
-        }
-    }
+    let mut cluster = Cluster::new(&[1, 1, 1], baton_cluster::node::WIRE);
+    (0..3).for_each(|i| cluster.start(i));
+    let nodes = &mut cluster.nodes;
     nodes[0]
         .publish_module("minotaur@1.0.0", "ab12", 1, 0)
         .expect("publish");
@@ -197,26 +186,10 @@ fn a_module_published_on_one_node_is_listed_by_all() {
     );
     // Deliver everything, in rounds, until quiet.
     for now in (0..2_000).step_by(50) {
-        let mut mail: Vec<(NodeId, NodeId, Message)> = Vec::new();
-        for node in &mut nodes {
-            node.tick(now);
-            let from = node.id().clone();
-            let transmit = node.poll_transmit();
-            mail.extend(
-                transmit
-                    .at_once
-                    .into_iter()
-                    .chain(transmit.ordered)
-                    .map(|(to, m)| (from.clone(), to, m)),
-            );
-        }
-        for (from, to, message) in mail {
-            if let Some(node) = nodes.iter_mut().find(|n| *n.id() == to) {
-                node.handle(from, message, now);
-            }
-        }
+        cluster.round(now, |_, _, _| false);
     }
-    for node in &nodes {
+    let nodes = &cluster.nodes;
+    for node in nodes {
         assert_eq!(
             node.modules(),
             vec![("minotaur@1.0.0".to_owned(), "ab12".to_owned())]
@@ -319,6 +292,112 @@ fn copies_that_lag_do_not_multiply_the_journal_messages() {
     }
 }
 
+/// Nodes driven by hand, in rounds of 10 ms: every running node ticks,
+/// then everything sent is delivered to the running nodes, unless the
+/// test drops it.
+struct Cluster {
+    nodes: Vec<ClusterNode>,
+    running: Vec<bool>,
+    disks: Vec<Disk>,
+    versions: Vec<u32>,
+    wire: u32,
+}
+
+/// A message sent in a round: from, to, what, and whether it went at once.
+type Sent = (NodeId, NodeId, Message, bool);
+
+impl Cluster {
+    /// Nodes n0, n1, … of the host versions given, all speaking wire
+    /// `wire`, none running yet.
+    fn new(versions: &[u32], wire: u32) -> Cluster {
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            running: vec![false; versions.len()],
+            disks: versions.iter().map(|_| Disk::default()).collect(),
+            versions: versions.to_vec(),
+            wire,
+        };
+        cluster.nodes = (0..versions.len()).map(|i| cluster.boot(i, 0, 0)).collect();
+        cluster
+    }
+
+    /// Boot `boot` of node `i` at `now`, from its disk.
+    fn boot(&self, i: usize, boot: u64, now: u64) -> ClusterNode {
+        let config = Config {
+            wire: self.wire,
+            ..Config::default()
+        };
+        let id = NodeId {
+            name: format!("n{i}"),
+            boot: ((i as u64) << 8) | boot,
+        };
+        ClusterNode::new(id, config, self.versions[i], 100, self.disks[i].load(), now)
+    }
+
+    /// Starts node `i`: it and the running nodes learn of each other.
+    fn start(&mut self, i: usize) {
+        self.running[i] = true;
+        let running: Vec<NodeId> = self.running_ids();
+        for (node, _) in self
+            .nodes
+            .iter_mut()
+            .zip(&self.running)
+            .filter(|(_, r)| **r)
+        {
+            for id in &running {
+                node.add_peer(id.clone());
+                node.peer_wire(&id.name, self.wire);
+            }
+        }
+    }
+
+    fn running_ids(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .zip(&self.running)
+            .filter(|(_, r)| **r)
+            .map(|(n, _)| n.id().clone())
+            .collect()
+    }
+
+    /// One round at `now`; returns what was sent, dropped or not.
+    fn round(&mut self, now: u64, drop: impl Fn(&NodeId, &NodeId, &Message) -> bool) -> Vec<Sent> {
+        let mut sent = Vec::new();
+        let running = self
+            .nodes
+            .iter_mut()
+            .zip(&mut self.disks)
+            .zip(&self.running);
+        for ((node, disk), _) in running.filter(|(_, r)| **r) {
+            node.tick(now);
+            // Written before anything is sent, as a host does.
+            disk.write(node.take_changes());
+            let from = node.id().clone();
+            let transmit = node.poll_transmit();
+            let at_once = transmit.at_once.into_iter().map(|m| (m, true));
+            for ((to, message), first) in
+                at_once.chain(transmit.ordered.into_iter().map(|m| (m, false)))
+            {
+                sent.push((from.clone(), to, message, first));
+            }
+        }
+        for (from, to, message, _) in &sent {
+            if drop(from, to, message) {
+                continue;
+            }
+            if let Some((node, _)) = self
+                .nodes
+                .iter_mut()
+                .zip(&self.running)
+                .find(|(n, r)| **r && n.id() == to)
+            {
+                node.handle(from.clone(), message.clone(), now);
+            }
+        }
+        sent
+    }
+}
+
 /// Where in a drain's handoff each step happened: the round (10 ms of
 /// ticks and one delivery of everything sent) of the owner's first
 /// handover and first transfer, of the replica's acknowledgement of the
@@ -327,48 +406,15 @@ struct HandoffRounds {
     handover: usize,
     handover_ack: Option<usize>,
     transfer: usize,
-    at_once: Vec<(baton_cluster::NodeId, baton_cluster::Message)>,
+    at_once: Vec<(NodeId, Message)>,
 }
 
 /// n0 owns a session replicated on n1; n2, of a newer host version, joins
 /// and n0 drains. Every node speaks wire `wire`.
 fn handoff_rounds(wire: u32) -> HandoffRounds {
-    use baton_cluster::node::NewSession;
-    use baton_cluster::{ClusterNode, Config, Message, NodeId};
-    let ids: Vec<NodeId> = (0..3)
-        .map(|i| NodeId {
-            name: format!("n{i}"),
-            boot: i,
-        })
-        .collect();
-    let config = Config {
-        wire,
-        ..Config::default()
-    };
-    let mut nodes: Vec<ClusterNode> = ids
-        .iter()
-        .zip([1, 1, 2])
-        .map(|(id, version)| {
-            ClusterNode::new(
-                id.clone(),
-                config.clone(),
-                version,
-                100,
-                Default::default(),
-                0,
-            )
-        })
-        .collect();
-    let mut joined = 2;
-    let link = |nodes: &mut Vec<ClusterNode>, joined: usize| {
-        for node in nodes.iter_mut().take(joined) {
-            for id in ids.iter().take(joined) {
-                node.add_peer(id.clone());
-                node.peer_wire(&id.name, wire);
-            }
-        }
-    };
-    link(&mut nodes, joined);
+    let mut cluster = Cluster::new(&[1, 1, 2], wire);
+    cluster.start(0);
+    cluster.start(1);
     let mut rounds = HandoffRounds {
         handover: 0,
         handover_ack: None,
@@ -379,49 +425,39 @@ fn handoff_rounds(wire: u32) -> HandoffRounds {
         let now = round as u64 * 10;
         match round {
             30 => {
-                nodes[0]
+                cluster.nodes[0]
                     .create_here("s", NewSession::default(), now)
                     .expect("create");
             }
-            100 => {
-                joined = 3;
-                link(&mut nodes, joined);
-            }
-            200 => nodes[0].drain(now),
+            100 => cluster.start(2),
+            200 => cluster.nodes[0].drain(now),
             _ => {}
         }
-        let mut mail: Vec<(NodeId, NodeId, Message)> = Vec::new();
-        for node in nodes.iter_mut().take(joined) {
-            node.tick(now);
-            let from = node.id().clone();
-            let transmit = node.poll_transmit();
-            if from.name == "n2" && rounds.at_once.is_empty() {
-                rounds.at_once = transmit.at_once.clone();
-            }
-            for (to, message) in transmit.at_once.into_iter().chain(transmit.ordered) {
-                match (&message, from.name.as_str()) {
-                    (Message::Handover { .. }, "n0") if rounds.handover == 0 => {
-                        rounds.handover = round;
-                    }
-                    (Message::Transfer { .. }, "n0") if rounds.transfer == 0 => {
-                        rounds.transfer = round;
-                    }
-                    (Message::HandoverAck { .. }, "n1") if rounds.handover_ack.is_none() => {
-                        rounds.handover_ack = Some(round);
-                    }
-                    _ => {}
-                }
-                mail.push((from.clone(), to, message));
-            }
+        let sent = cluster.round(now, |_, _, _| false);
+        if rounds.at_once.is_empty() {
+            rounds.at_once = sent
+                .iter()
+                .filter(|(from, _, _, at_once)| from.name == "n2" && *at_once)
+                .map(|(_, to, message, _)| (to.clone(), message.clone()))
+                .collect();
         }
-        for (from, to, message) in mail {
-            if let Some(node) = nodes.iter_mut().take(joined).find(|n| *n.id() == to) {
-                node.handle(from, message, now);
+        for (from, _, message, _) in sent {
+            match (&message, from.name.as_str()) {
+                (Message::Handover { .. }, "n0") if rounds.handover == 0 => {
+                    rounds.handover = round;
+                }
+                (Message::Transfer { .. }, "n0") if rounds.transfer == 0 => {
+                    rounds.transfer = round;
+                }
+                (Message::HandoverAck { .. }, "n1") if rounds.handover_ack.is_none() => {
+                    rounds.handover_ack = Some(round);
+                }
+                _ => {}
             }
         }
     }
     assert!(
-        nodes[2].owned().iter().any(|(s, _)| s == "s"),
+        cluster.nodes[2].owned().iter().any(|(s, _)| s == "s"),
         "n2 never took the session over"
     );
     rounds
@@ -440,7 +476,7 @@ fn the_transfer_goes_with_the_handover_and_the_new_owner_asks_for_a_lease_at_onc
     assert!(
         matches!(
             rounds.at_once.as_slice(),
-            [(to, baton_cluster::Message::Replicate { epoch: 2, replica: true, .. })] if to.name == "n1"
+            [(to, Message::Replicate { epoch: 2, replica: true, .. })] if to.name == "n1"
         ),
         "{:?}",
         rounds.at_once
