@@ -1528,7 +1528,16 @@ impl ClusterNode {
         // The message carries the whole journal, so a learner that lost its
         // copy (or its role, in a restart) can be made replica all the same.
         let no_part = !self.roles.contains_key(session);
-        if designate
+        // One that passed its rights on for this epoch holds them no more,
+        // whatever role a restart gave it back from stale records.
+        let handed = self
+            .durable
+            .handed
+            .get(session)
+            .is_some_and(|h| epoch <= h.served);
+        if handed {
+            return;
+        } else if designate
             && (is_learner || stale_learner || no_part)
             && self.known_epoch(session) == epoch
         {
