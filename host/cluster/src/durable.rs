@@ -118,6 +118,17 @@ pub struct Durable {
     /// Sessions this node passed its replica rights on for, up to this
     /// epoch: their owners of that epoch get no more acknowledgements here.
     pub handed: Tracked<Handed>,
+    /// Sessions whose journal here is a learner's copy (a handoff's or a
+    /// replica change's target) that held the whole journal of the owner
+    /// of the epoch given, at some moment. Should that owner go for good
+    /// before its replica was ever called, this copy holds every entry
+    /// that can have been acknowledged, and goes to the replica.
+    pub learned: Tracked<u64>,
+    /// Sessions whose replica role this node gave up when the owner asked
+    /// (to name another), in the epoch given: it may have acknowledged
+    /// what only its successor holds now, so no learner's copy makes it
+    /// complete for that epoch again.
+    pub released: Tracked<u64>,
 }
 
 /// A replica's decision to pass a session on (kept across restarts).
@@ -147,6 +158,12 @@ pub struct SessionState {
     /// entries as runs: `(first index, epoch)`, in order. Epochs change only
     /// when a session moves, so this stays a few pairs long.
     pub journal: Option<Vec<(u64, u64)>>,
+    /// [`Durable::learned`]. This and the fields after it come last, so
+    /// that a row written before they existed reads as one without them
+    /// (see the host's row decoding).
+    pub learned: Option<u64>,
+    /// [`Durable::released`].
+    pub released: Option<u64>,
 }
 
 impl SessionState {
@@ -200,6 +217,8 @@ impl Durable {
             designating: self.designating.get(session).cloned(),
             handed: self.handed.get(session).copied(),
             journal: self.journals.get(session).map(|j| epoch_runs(j)),
+            learned: self.learned.get(session).copied(),
+            released: self.released.get(session).copied(),
         }
     }
 
@@ -209,6 +228,8 @@ impl Durable {
         changed.append(&mut self.complete.take_changed());
         changed.append(&mut self.designating.take_changed());
         changed.append(&mut self.handed.take_changed());
+        changed.append(&mut self.learned.take_changed());
+        changed.append(&mut self.released.take_changed());
         changed
     }
 
@@ -226,6 +247,7 @@ impl Durable {
         };
         let (mut epochs, mut complete, mut designating, mut handed) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut learned, mut released) = (Vec::new(), Vec::new());
         for (session, state) in sessions {
             if let Some(runs) = state.journal {
                 let actions = actions(&session).map_err(RowsError::Journal)?;
@@ -237,11 +259,15 @@ impl Durable {
             complete.extend(state.complete.map(|e| (session.clone(), e)));
             designating.extend(state.designating.map(|d| (session.clone(), d)));
             handed.extend(state.handed.map(|h| (session.clone(), h)));
+            learned.extend(state.learned.map(|e| (session.clone(), e)));
+            released.extend(state.released.map(|e| (session.clone(), e)));
         }
         durable.epochs = epochs.into_iter().collect();
         durable.complete = complete.into_iter().collect();
         durable.designating = designating.into_iter().collect();
         durable.handed = handed.into_iter().collect();
+        durable.learned = learned.into_iter().collect();
+        durable.released = released.into_iter().collect();
         Ok(durable)
     }
 }

@@ -549,6 +549,9 @@ pub struct ClusterNode {
     wires: BTreeMap<String, u32>,
     /// A draining replica passing the session on (its owner is down).
     handing: BTreeMap<String, Handing>,
+    /// When this boot last offered a learner's copy to a replica, per
+    /// session (see `offer_learned_copy`): once a lease.
+    copies_offered: BTreeMap<String, u64>,
     /// Peers whose records this boot has joined at least once.
     synced_from: BTreeSet<NodeId>,
     last_heartbeat: Option<u64>,
@@ -625,6 +628,7 @@ impl ClusterNode {
             wires: BTreeMap::new(),
             synced_from: BTreeSet::new(),
             handing: BTreeMap::new(),
+            copies_offered: BTreeMap::new(),
             last_heartbeat: None,
             changed: BTreeMap::new(),
             reported,
@@ -1322,11 +1326,18 @@ impl ClusterNode {
                     self.handing.remove(&session);
                     self.durable.handed.remove(&session);
                 }
-                if matches!(self.roles.get(&session),
-                    Some(Role::Replica { epoch: e, .. } | Role::Learner { epoch: e, .. }) if *e <= epoch)
-                {
-                    self.roles.remove(&session);
-                    self.durable.complete.remove(&session);
+                match self.roles.get(&session) {
+                    Some(&Role::Replica { epoch: e, .. }) if e <= epoch => {
+                        self.roles.remove(&session);
+                        self.durable.complete.remove(&session);
+                        self.durable.released.insert(session.clone(), e);
+                    }
+                    Some(&Role::Learner { epoch: e, .. }) if e <= epoch => {
+                        self.roles.remove(&session);
+                        self.durable.complete.remove(&session);
+                        self.durable.learned.remove(&session);
+                    }
+                    _ => {}
                 }
                 // Only a node with no part in the session confirms, with the
                 // newest epoch it knows (a higher one: someone took over).
@@ -1348,7 +1359,7 @@ impl ClusterNode {
                 epoch,
                 entries,
                 designate,
-            } => self.on_restore(&session, epoch, entries, designate, now),
+            } => self.on_restore(from, &session, epoch, entries, designate, now),
             Message::Act { session, action } => self.act(&session, action, now),
         }
     }
@@ -1511,6 +1522,7 @@ impl ClusterNode {
 
     fn on_restore(
         &mut self,
+        from: NodeId,
         session: &str,
         epoch: u64,
         entries: Vec<JournalEntry>,
@@ -1547,6 +1559,18 @@ impl ClusterNode {
             self.be_replica(session, &record, now);
         } else if !is_replica || self.durable.complete.contains_key(session) {
             return;
+        } else if from.name != self.record(session).map_or("", |r| r.owner.name.as_str())
+            && !(self.first_replica_of(session, epoch)
+                && self
+                    .durable
+                    .released
+                    .get(session)
+                    .is_none_or(|e| *e < epoch))
+        {
+            // A learner's copy vouches only for what its owner held when it
+            // was taken: everything acknowledged only if nothing could be
+            // acknowledged in this epoch since (see `offer_learned_copy`).
+            return;
         }
         // Both copies are prefixes of the epoch's history, unless this one
         // kept an older epoch's tail that was never acknowledged: keep it
@@ -1560,9 +1584,29 @@ impl ClusterNode {
         self.durable.complete.insert(session.to_owned(), epoch);
     }
 
+    /// The record of `session` if it is as its epoch began (a promotion or
+    /// a transfer wrote it), not as a replica change in the epoch rewrote it.
+    fn record_as_begun(&self, session: &str) -> Option<&SessionRecord> {
+        let entry = self.records.entry(&Key::Session(session.to_owned()))?;
+        match &entry.value {
+            Some(Record::Session(r)) if entry.stamp.version == 0 => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Whether this node is the replica the record of `epoch` named as the
+    /// epoch began: then nothing of the epoch can have been acknowledged
+    /// unless this node acknowledged it (or was released, see
+    /// [`Durable::released`]).
+    fn first_replica_of(&self, session: &str, epoch: u64) -> bool {
+        self.record_as_begun(session)
+            .is_some_and(|r| r.epoch == epoch && r.replica == self.id.name)
+    }
+
     fn own(&mut self, session: &str, epoch: u64, replica: String, now: u64) {
         self.raise_epoch(session, epoch);
         self.durable.complete.remove(session);
+        self.durable.learned.remove(session);
         self.roles.insert(
             session.to_owned(),
             Role::Owner(Owning {
@@ -1667,8 +1711,11 @@ impl ClusterNode {
             }
             if as_replica {
                 self.durable.complete.insert(session.clone(), epoch);
+                self.durable.learned.remove(&session);
             } else {
                 self.durable.complete.remove(&session);
+                // Entries always run to the end of the owner's journal.
+                self.durable.learned.insert(session.clone(), epoch);
             }
             confirmed.max(start + sent)
         } else {
@@ -1883,21 +1930,28 @@ impl ClusterNode {
             .is_none_or(|t| now >= t + self.config.heartbeat_ms)
         {
             self.heartbeat(now);
-            // Both maps are sorted by session: one merged walk, not a
-            // lookup per journal.
-            let mut roles = self.roles.keys().peekable();
-            let orphans: Vec<String> = self
+            // Journals this node neither owns nor replicates. Both maps are
+            // sorted by session: one merged walk, not a lookup per journal.
+            let mut roles = self.roles.iter().peekable();
+            let copies: Vec<(String, bool)> = self
                 .durable
                 .journals
                 .keys()
-                .filter(|s| {
-                    while roles.next_if(|r| r < s).is_some() {}
-                    roles.peek() != Some(s)
+                .filter_map(|s| {
+                    while roles.next_if(|(r, _)| *r < s).is_some() {}
+                    match roles.peek() {
+                        Some((r, role)) if *r == s => {
+                            matches!(role, Role::Learner { .. }).then(|| (s.clone(), false))
+                        }
+                        _ => Some((s.clone(), true)),
+                    }
                 })
-                .cloned()
                 .collect();
-            for session in orphans {
-                self.restore(&session, now);
+            for (session, orphan) in copies {
+                if orphan {
+                    self.restore(&session, now);
+                }
+                self.offer_learned_copy(&session, now);
             }
             self.records.gc(now, self.config.tombstone_ttl_ms);
         }
@@ -2276,6 +2330,61 @@ impl ClusterNode {
                 },
             );
         }
+    }
+
+    /// A learner's copy of a session whose owner is down offers itself to
+    /// the replica, in case the owner never called it (the replica was
+    /// named in a promotion while cut off, say, and the owner drained away
+    /// or crashed for good): a replica holding nothing could never take
+    /// over. The copy held the owner's whole journal at some moment of the
+    /// epoch, so it holds everything acknowledged before the epoch; and the
+    /// replica takes it only if it is the epoch's first and acknowledged
+    /// nothing (not complete), so that nothing was acknowledged since.
+    fn offer_learned_copy(&mut self, session: &str, now: u64) {
+        let Some(record) = self.record_as_begun(session) else {
+            self.copies_offered.remove(session);
+            return;
+        };
+        let no_other_part = match self.roles.get(session) {
+            None => true,
+            Some(Role::Learner { epoch, .. }) => *epoch == record.epoch,
+            Some(_) => false,
+        };
+        let offer = no_other_part
+            && self.durable.learned.get(session) == Some(&record.epoch)
+            && record.owner.name != self.id.name
+            && record.replica != self.id.name
+            && !self.membership.is_up(&record.owner);
+        let epoch = record.epoch;
+        let to = self
+            .membership
+            .by_name(&record.replica)
+            .filter(|id| self.membership.is_up(id))
+            .cloned();
+        let (Some(to), true) = (to, offer) else {
+            self.copies_offered.remove(session);
+            return;
+        };
+        if self
+            .copies_offered
+            .get(session)
+            .is_some_and(|t| now < t + self.config.lease_ms)
+        {
+            return;
+        }
+        let Some(entries) = self.durable.journals.get(session).cloned() else {
+            return;
+        };
+        self.copies_offered.insert(session.to_owned(), now);
+        self.send(
+            to,
+            Message::Restore {
+                session: session.to_owned(),
+                epoch,
+                entries,
+                designate: false,
+            },
+        );
     }
 
     /// Starts a handoff (draining) or a replica change (the replica drains).

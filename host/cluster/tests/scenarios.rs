@@ -351,6 +351,11 @@ impl Cluster {
         }
     }
 
+    /// Node `i`'s process is gone for good.
+    fn stop(&mut self, i: usize) {
+        self.running[i] = false;
+    }
+
     fn running_ids(&self) -> Vec<NodeId> {
         self.nodes
             .iter()
@@ -490,4 +495,140 @@ fn the_transfer_goes_with_the_handover_and_the_new_owner_asks_for_a_lease_at_onc
         older.handover,
         older.transfer
     );
+}
+
+/// n0 owns s, replicated on one of n1 and n2, and acknowledges actions;
+/// then it is lost for good. Its replica (`promoted`) promotes itself,
+/// naming the other (`never_called`) its replica; that boot's journal
+/// messages to it never arrive. Runs until the promotion; n3, of a newer
+/// version, is not started.
+struct NeverCalled {
+    cluster: Cluster,
+    acked: Vec<Vec<u8>>,
+    promoted: usize,
+    never_called: usize,
+    /// The first round after the promotion.
+    round: u64,
+}
+
+impl NeverCalled {
+    fn new() -> NeverCalled {
+        let mut cluster = Cluster::new(&[1, 1, 1, 2], baton_cluster::node::WIRE);
+        (0..3).for_each(|i| cluster.start(i));
+        let mut acked = Vec::new();
+        let mut roles = (0, 0);
+        for round in 0.. {
+            let now = round * 10;
+            match round {
+                30 => {
+                    let record = cluster.nodes[0]
+                        .create_here("s", NewSession::default(), now)
+                        .expect("create");
+                    let promoted = record.replica[1..].parse::<usize>().expect("a node name");
+                    roles = (promoted, 3 - promoted);
+                }
+                40..100 => cluster.nodes[0].act("s", vec![round as u8], now),
+                100 => {
+                    acked = cluster.nodes[0]
+                        .poll_events()
+                        .into_iter()
+                        .filter_map(|e| match e {
+                            baton_cluster::Event::Acked { action, .. } => Some(action),
+                            _ => None,
+                        })
+                        .collect();
+                    cluster.stop(0);
+                }
+                _ => {}
+            }
+            let mut test = NeverCalled {
+                cluster,
+                acked,
+                promoted: roles.0,
+                never_called: roles.1,
+                round,
+            };
+            test.round(now);
+            if round > 100 && test.owns(test.promoted) {
+                test.round += 1;
+                return test;
+            }
+            assert!(round < 1_000, "no promotion");
+            (cluster, acked) = (test.cluster, test.acked);
+        }
+        unreachable!()
+    }
+
+    /// One round, the promoted node's first boot cut off from its replica.
+    fn round(&mut self, now: u64) {
+        let first_boot = self.cluster.nodes[self.promoted].id().boot & 0xff == 0;
+        let (cut_from, cut_to) = (
+            format!("n{}", self.promoted),
+            format!("n{}", self.never_called),
+        );
+        self.cluster.round(now, |from, to, message| {
+            first_boot
+                && from.name == cut_from
+                && to.name == cut_to
+                && matches!(message, Message::Replicate { .. })
+        });
+    }
+
+    fn owns(&self, i: usize) -> bool {
+        self.cluster.running[i] && self.cluster.nodes[i].owned().iter().any(|(s, _)| s == "s")
+    }
+
+    /// The replica never called owns the session, with every acknowledged
+    /// action.
+    fn assert_taken_over(&self) {
+        assert!(
+            self.acked.len() >= 50,
+            "only {} actions acknowledged",
+            self.acked.len()
+        );
+        let owner = &self.cluster.nodes[self.never_called];
+        assert!(
+            self.owns(self.never_called),
+            "the replica never took over: {}",
+            owner.describe("s")
+        );
+        let journal: Vec<Vec<u8>> = owner
+            .journal("s")
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.action.clone())
+            .collect();
+        assert!(
+            journal.starts_with(&self.acked),
+            "the new owner lost acknowledged actions: {journal:?} vs {:?}",
+            self.acked
+        );
+    }
+}
+
+#[test]
+fn a_replica_never_called_takes_over_from_a_handoff_targets_copy() {
+    // The promoted owner drains to n3 (a learner copy of the whole journal,
+    // but no transfer: the replica never acknowledged) and is lost too.
+    // Only n3's copy holds what n0 acknowledged.
+    let mut test = NeverCalled::new();
+    let promoted = test.promoted;
+    test.cluster.start(3);
+    for round in test.round..test.round + 500 {
+        let now = round * 10;
+        if round == test.round + 20 {
+            // n3's heartbeats say it is ready by now.
+            test.cluster.nodes[promoted].drain(now);
+        }
+        let learned = test.cluster.nodes[3].journal("s").map_or(0, <[_]>::len);
+        if test.cluster.running[promoted] && learned >= test.acked.len() {
+            test.cluster.stop(promoted);
+        }
+        test.round(now);
+    }
+    assert!(
+        !test.cluster.running[promoted],
+        "no learner copy reached n3"
+    );
+    test.assert_taken_over();
 }

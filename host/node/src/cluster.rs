@@ -91,6 +91,35 @@ impl DurableStore for StoreDurable {
     }
 }
 
+/// A session row as hosts before `SessionState::learned` and `released`
+/// wrote it.
+#[derive(Deserialize, Serialize)]
+struct SessionRowBeforeLearned {
+    epoch: Option<u64>,
+    complete: Option<u64>,
+    designating: Option<String>,
+    handed: Option<baton_cluster::node::Handed>,
+    journal: Option<Vec<(u64, u64)>>,
+}
+
+/// Decodes a session row. New fields go last, so a row an older host wrote
+/// is the newer one cut short: it reads as one without them. (An older host
+/// reads a newer row's start and ignores the rest, so a rollback works too.)
+fn decode_session_row(bytes: &[u8]) -> postcard::Result<SessionState> {
+    postcard::from_bytes(bytes).or_else(|error| {
+        let old: SessionRowBeforeLearned = postcard::from_bytes(bytes).map_err(|_| error)?;
+        Ok(SessionState {
+            epoch: old.epoch,
+            complete: old.complete,
+            designating: old.designating,
+            handed: old.handed,
+            journal: old.journal,
+            learned: None,
+            released: None,
+        })
+    })
+}
+
 /// What the core kept in this node's store from its previous boot (nothing
 /// for a new node): its rows and its journals.
 fn load_durable(store: &dyn Store) -> Result<Durable, NodeError> {
@@ -105,8 +134,7 @@ fn load_durable(store: &dyn Store) -> Result<Durable, NodeError> {
         match key.split_first() {
             Some((&SESSION_ROW, id)) => {
                 let id = String::from_utf8(id.to_vec()).map_err(|e| damaged("a session id", &e))?;
-                let state: SessionState =
-                    postcard::from_bytes(&value).map_err(|e| damaged("a session row", &e))?;
+                let state = decode_session_row(&value).map_err(|e| damaged("a session row", &e))?;
                 sessions.push((id, state));
             }
             Some((&RECORD_ROW, key)) => {
@@ -481,4 +509,45 @@ pub(crate) async fn fetch_module(mesh: &Mesh, hash: &str) -> Result<Vec<u8>, Nod
     Err(NodeError::Unavailable(format!(
         "no node could send module {hash}"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_rows_read_across_host_versions() {
+        let old = SessionRowBeforeLearned {
+            epoch: Some(4),
+            complete: Some(3),
+            designating: Some("n2".into()),
+            handed: None,
+            journal: Some(vec![(0, 1), (7, 4)]),
+        };
+        // An older host's row, read by this one.
+        let state = decode_session_row(&encode(&old)).expect("an older row");
+        assert_eq!(
+            (
+                state.epoch,
+                state.complete,
+                state.journal.as_deref(),
+                state.learned
+            ),
+            (Some(4), Some(3), Some(&[(0, 1), (7, 4)][..]), None)
+        );
+        // This host's row, read by this one and by an older one.
+        let state = SessionState {
+            learned: Some(4),
+            ..state
+        };
+        assert_eq!(
+            decode_session_row(&encode(&state)).ok(),
+            Some(state.clone())
+        );
+        let read_by_older: SessionRowBeforeLearned =
+            postcard::from_bytes(&encode(&state)).expect("read by an older host");
+        assert_eq!(read_by_older.designating.as_deref(), Some("n2"));
+        // Damage is still damage.
+        assert!(decode_session_row(&[0xff, 0xff, 0xff]).is_err());
+    }
 }
