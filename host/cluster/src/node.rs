@@ -31,6 +31,13 @@
 //!   so the transfer need not wait for the handover's acknowledgement. A
 //!   replica that drains is replaced by its owner: learner copy, release
 //!   of the old replica (acknowledged), then the learner is made replica.
+//! - A replica named as its epoch began (by a promotion) that was never
+//!   called holds nothing, yet nothing of the epoch can have been
+//!   acknowledged without it: if the owner goes for good, a learner copy
+//!   of that owner's whole journal (a handoff's target) makes it complete,
+//!   and it takes over. A node whose store holds the journal of a session
+//!   its previous boot owned sends it to the replica, and does not finish
+//!   a drain until the replica took over.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -1971,13 +1978,15 @@ impl ClusterNode {
         {
             // Done when nothing is owned or replicated here and no record
             // still names this node: a lost `Released` or `TransferAck` is
-            // asked again until the owner's new record arrives.
+            // asked again until the owner's new record arrives. A record
+            // naming a previous boot as owner waits too: its journal here
+            // goes to the replica until the replica takes over.
             let named_here = self
                 .records
                 .iter()
                 .filter(|(key, record)| match (key, record) {
                     (Key::Session(s), Record::Session(r)) => {
-                        (r.replica == self.id.name || r.owner == self.id)
+                        (r.replica == self.id.name || r.owner.name == self.id.name)
                             && !self.roles.contains_key(s)
                     }
                     _ => false,

@@ -334,6 +334,13 @@ impl Cluster {
         ClusterNode::new(id, config, self.versions[i], 100, self.disks[i].load(), now)
     }
 
+    /// Node `i` restarts at `now` from its disk, as a new boot.
+    fn restart(&mut self, i: usize, now: u64) {
+        let boot = (self.nodes[i].id().boot & 0xff) + 1;
+        self.nodes[i] = self.boot(i, boot, now);
+        self.start(i);
+    }
+
     /// Starts node `i`: it and the running nodes learn of each other.
     fn start(&mut self, i: usize) {
         self.running[i] = true;
@@ -630,5 +637,28 @@ fn a_replica_never_called_takes_over_from_a_handoff_targets_copy() {
         !test.cluster.running[promoted],
         "no learner copy reached n3"
     );
+    test.assert_taken_over();
+}
+
+#[test]
+fn a_restarted_owner_drains_only_once_its_journal_was_taken_over() {
+    // The promoted owner restarts and is drained at once (n3 replacing
+    // it): it owns nothing now, but its store holds the only copy of what
+    // n0 acknowledged. It must not finish draining before the replica took
+    // that copy over.
+    let mut test = NeverCalled::new();
+    let promoted = test.promoted;
+    let now = test.round * 10;
+    test.cluster.start(3);
+    test.cluster.restart(promoted, now);
+    test.cluster.nodes[promoted].drain(now);
+    for round in test.round..test.round + 500 {
+        let now = round * 10;
+        if test.cluster.running[promoted] && test.cluster.nodes[promoted].drained() {
+            test.cluster.stop(promoted);
+        }
+        test.round(now);
+    }
+    assert!(!test.cluster.running[promoted], "the drain never finished");
     test.assert_taken_over();
 }
