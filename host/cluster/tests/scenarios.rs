@@ -412,22 +412,25 @@ impl Cluster {
 
 /// Where in a drain's handoff each step happened: the round (10 ms of
 /// ticks and one delivery of everything sent) of the owner's first
-/// handover and first transfer, of the replica's acknowledgement of the
-/// handover, and the messages the target sent at once on owning.
+/// learner copy to the target, first handover and first transfer, of the
+/// replica's acknowledgement of the handover, and the messages the target
+/// sent at once on owning.
 struct HandoffRounds {
+    learner_copy: usize,
     handover: usize,
     handover_ack: Option<usize>,
     transfer: usize,
     at_once: Vec<(NodeId, Message)>,
 }
 
-/// n0 owns a session replicated on n1; n2, of a newer host version, joins
-/// and n0 drains. Every node speaks wire `wire`.
+/// n0 owns a session replicated on n1, and applies a few actions; n2, of a
+/// newer host version, joins and n0 drains. Every node speaks wire `wire`.
 fn handoff_rounds(wire: u32) -> HandoffRounds {
     let mut cluster = Cluster::new(&[1, 1, 2], wire);
     cluster.start(0);
     cluster.start(1);
     let mut rounds = HandoffRounds {
+        learner_copy: 0,
         handover: 0,
         handover_ack: None,
         transfer: 0,
@@ -442,6 +445,7 @@ fn handoff_rounds(wire: u32) -> HandoffRounds {
                     .expect("create");
             }
             100 => cluster.start(2),
+            150..160 => cluster.nodes[0].act("s", vec![round as u8], now),
             200 => cluster.nodes[0].drain(now),
             _ => {}
         }
@@ -453,8 +457,13 @@ fn handoff_rounds(wire: u32) -> HandoffRounds {
                 .map(|(_, to, message, _)| (to.clone(), message.clone()))
                 .collect();
         }
-        for (from, _, message, _) in sent {
+        for (from, to, message, _) in sent {
             match (&message, from.name.as_str()) {
+                (Message::Replicate { replica: false, .. }, "n0")
+                    if to.name == "n2" && rounds.learner_copy == 0 =>
+                {
+                    rounds.learner_copy = round;
+                }
                 (Message::Handover { .. }, "n0") if rounds.handover == 0 => {
                     rounds.handover = round;
                 }
@@ -661,4 +670,17 @@ fn a_restarted_owner_drains_only_once_its_journal_was_taken_over() {
     }
     assert!(!test.cluster.running[promoted], "the drain never finished");
     test.assert_taken_over();
+}
+
+#[test]
+fn an_idle_session_is_transferred_with_its_learner_copy_not_after_its_ack() {
+    // A quiet moment (the replica holds every entry, the target was sent
+    // them all): the transfer follows the copy on the same ordered stream
+    // at once, instead of waiting a round trip for the target's ack.
+    let rounds = handoff_rounds(baton_cluster::node::WIRE);
+    assert!(rounds.learner_copy > 0, "no learner copy");
+    assert_eq!(
+        rounds.transfer, rounds.learner_copy,
+        "the transfer should go out with the learner copy"
+    );
 }
