@@ -129,6 +129,10 @@ pub struct Durable {
     /// what only its successor holds now, so no learner's copy makes it
     /// complete for that epoch again.
     pub released: Tracked<u64>,
+    /// Sessions this node, passing its replica rights on, sent a transfer
+    /// for, and to which node: that node may own them already, so it is
+    /// the only one they are offered to until the offer is answered.
+    pub offered_to: Tracked<String>,
 }
 
 /// A replica's decision to pass a session on (kept across restarts).
@@ -164,6 +168,8 @@ pub struct SessionState {
     pub learned: Option<u64>,
     /// [`Durable::released`].
     pub released: Option<u64>,
+    /// [`Durable::offered_to`].
+    pub offered_to: Option<String>,
 }
 
 impl SessionState {
@@ -219,6 +225,7 @@ impl Durable {
             journal: self.journals.get(session).map(|j| epoch_runs(j)),
             learned: self.learned.get(session).copied(),
             released: self.released.get(session).copied(),
+            offered_to: self.offered_to.get(session).cloned(),
         }
     }
 
@@ -230,6 +237,7 @@ impl Durable {
         changed.append(&mut self.handed.take_changed());
         changed.append(&mut self.learned.take_changed());
         changed.append(&mut self.released.take_changed());
+        changed.append(&mut self.offered_to.take_changed());
         changed
     }
 
@@ -247,7 +255,7 @@ impl Durable {
         };
         let (mut epochs, mut complete, mut designating, mut handed) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut learned, mut released) = (Vec::new(), Vec::new());
+        let (mut learned, mut released, mut offered_to) = (Vec::new(), Vec::new(), Vec::new());
         for (session, state) in sessions {
             if let Some(runs) = state.journal {
                 let actions = actions(&session).map_err(RowsError::Journal)?;
@@ -261,6 +269,7 @@ impl Durable {
             handed.extend(state.handed.map(|h| (session.clone(), h)));
             learned.extend(state.learned.map(|e| (session.clone(), e)));
             released.extend(state.released.map(|e| (session.clone(), e)));
+            offered_to.extend(state.offered_to.map(|to| (session.clone(), to)));
         }
         durable.epochs = epochs.into_iter().collect();
         durable.complete = complete.into_iter().collect();
@@ -268,6 +277,7 @@ impl Durable {
         durable.handed = handed.into_iter().collect();
         durable.learned = learned.into_iter().collect();
         durable.released = released.into_iter().collect();
+        durable.offered_to = offered_to.into_iter().collect();
         Ok(durable)
     }
 }

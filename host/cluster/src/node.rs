@@ -1276,13 +1276,7 @@ impl ClusterNode {
                     .get(&session)
                     .is_some_and(|h| h.to == from && h.epoch == epoch) =>
             {
-                // Passed on: this node is no one's replica for it any more,
-                // and the owner it served gets no acknowledgements here.
-                self.roles.remove(&session);
-                self.handing.remove(&session);
-                self.durable.complete.remove(&session);
-                self.durable.handed.update(&session, |h| h.done = true);
-                self.raise_epoch(&session, epoch);
+                self.passed_on(&session, epoch);
             }
             Message::TransferAck { session, epoch } => {
                 if let Some(Role::Owner(o)) = self.roles.get(&session)
@@ -2128,8 +2122,11 @@ impl ClusterNode {
 
     /// A draining replica whose owner is down passes the session on
     /// instead of taking ownership it could not keep: a learner copy to a
-    /// ready node, then a transfer to it with a higher epoch, retried with
-    /// a fresh epoch (and maybe another node) until acknowledged.
+    /// ready node, then a transfer to it with a higher epoch, retried until
+    /// acknowledged (or the records show the epoch taken). Only until the
+    /// first transfer went out may another node be picked (with a fresh
+    /// epoch), when the target goes away: after it, the target may own the
+    /// session, and it alone gets it again.
     fn hand_on(&mut self, session: &str, epoch: u64, now: u64) {
         let journal = self
             .durable
@@ -2138,11 +2135,40 @@ impl ClusterNode {
             .cloned()
             .unwrap_or_default();
         let len = journal.len() as u64;
+        let offered = self.durable.handed.get(session).map_or(0, |h| h.offered);
+        if offered > 0 && self.record(session).is_some_and(|r| r.epoch >= offered) {
+            // The records show an owner of the epoch offered, or later:
+            // the transfer landed though its acknowledgement did not.
+            self.passed_on(session, offered);
+            return;
+        }
         let candidates = self.replica_candidates();
         let current = self.handing.get(session).cloned();
-        let handing = match current {
-            Some(h) if candidates.contains(&h.to) => h,
-            _ => {
+        // Once a transfer went out, its target may own the session already
+        // (its acknowledgement lost, or this node restarted since): offered
+        // to another node too, the session would have two lines of owners.
+        // So only that target gets it again, at the same epoch, once it is
+        // up (a new boot of it gets the learner copy again first).
+        let pinned = self.durable.offered_to.get(session).cloned();
+        let handing = match (current, pinned) {
+            (Some(h), Some(to)) if h.to.name == to && self.membership.is_up(&h.to) => h,
+            (_, Some(to)) => {
+                let Some(to) = self
+                    .membership
+                    .by_name(&to)
+                    .filter(|id| self.membership.is_up(id))
+                    .cloned()
+                else {
+                    return;
+                };
+                Handing {
+                    to,
+                    held: 0,
+                    epoch: offered,
+                }
+            }
+            (Some(h), None) if candidates.contains(&h.to) => h,
+            (current, None) => {
                 let owner = self.record(session).map(|r| r.owner.name.clone());
                 let eligible: Vec<NodeId> = candidates
                     .into_iter()
@@ -2156,7 +2182,6 @@ impl ClusterNode {
                 };
                 // Past its own offers, and past the epochs it knows as a
                 // promotion would be.
-                let offered = self.durable.handed.get(session).map_or(0, |h| h.offered);
                 let own = current.map_or(0, |h| h.epoch).max(offered) + 1;
                 let known = epoch.max(self.known_epoch(session)) + self.own_epoch_step();
                 Handing {
@@ -2192,6 +2217,9 @@ impl ClusterNode {
         self.durable
             .handed
             .update(session, |h| h.offered = h.offered.max(handing.epoch));
+        self.durable
+            .offered_to
+            .insert(session.to_owned(), handing.to.name.clone());
         if let Some(record) = self.record(session).cloned() {
             self.send(
                 handing.to,
@@ -2204,6 +2232,18 @@ impl ClusterNode {
                 },
             );
         }
+    }
+
+    /// A draining replica's transfer landed (at `epoch`): this node is no
+    /// one's replica for the session any more, and the owner it served
+    /// gets no acknowledgements here.
+    fn passed_on(&mut self, session: &str, epoch: u64) {
+        self.roles.remove(session);
+        self.handing.remove(session);
+        self.durable.complete.remove(session);
+        self.durable.offered_to.remove(session);
+        self.durable.handed.update(session, |h| h.done = true);
+        self.raise_epoch(session, epoch);
     }
 
     /// The replica takes over: a higher epoch, a replica of its own.

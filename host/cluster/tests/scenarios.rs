@@ -3,6 +3,8 @@
 //! with the checker's guarantees asserted after every step and the
 //! expectations at the end.
 
+use std::collections::BTreeSet;
+
 use baton_cluster::node::NewSession;
 use baton_cluster::sim::{Disk, Sim, SimConfig};
 use baton_cluster::{ClusterNode, Config, Message, NodeId};
@@ -683,4 +685,64 @@ fn an_idle_session_is_transferred_with_its_learner_copy_not_after_its_ack() {
         rounds.transfer, rounds.learner_copy,
         "the transfer should go out with the learner copy"
     );
+}
+
+#[test]
+fn a_draining_replica_offers_a_session_to_one_node_only() {
+    // n0 owns s and is lost for good; its replica drains, so it passes the
+    // session on: a learner copy, then a transfer. The target takes it and
+    // picks a replica, but the two are cut off from the others from then
+    // on: the draining replica hears neither the acknowledgement nor the
+    // records. Offered to a second node, the session would have two owners,
+    // each acknowledging what the other never saw.
+    let mut cluster = Cluster::new(&[1, 1, 1, 2, 2], baton_cluster::node::WIRE);
+    (0..5).for_each(|i| cluster.start(i));
+    let mut replica = 0;
+    let mut cut_off: BTreeSet<String> = BTreeSet::new();
+    let mut offers = BTreeSet::new();
+    for round in 0..800u64 {
+        let now = round * 10;
+        match round {
+            30 => {
+                let record = cluster.nodes[0]
+                    .create_here("s", NewSession::default(), now)
+                    .expect("create");
+                replica = record.replica[1..].parse::<usize>().expect("a node name");
+            }
+            40..100 => cluster.nodes[0].act("s", vec![round as u8], now),
+            100 => {
+                cluster.stop(0);
+                cluster.nodes[replica].drain(now);
+            }
+            _ => {}
+        }
+        if cut_off.is_empty() {
+            let new_owner = cluster.nodes[1..]
+                .iter()
+                .find(|n| n.owned().iter().any(|(s, _)| s == "s"));
+            if let Some(owner) = new_owner {
+                let record = owner.record("s").expect("a record");
+                cut_off = BTreeSet::from([owner.id().name.clone(), record.replica.clone()]);
+            }
+        }
+        let sent = cluster.round(now, |from, to, message| {
+            cut_off.contains(&from.name) != cut_off.contains(&to.name)
+                || (to.name == format!("n{replica}")
+                    && matches!(message, Message::TransferAck { .. }))
+        });
+        for (from, to, message, _) in sent {
+            if from.name == format!("n{replica}") && matches!(message, Message::Transfer { .. }) {
+                offers.insert(to.name);
+            }
+        }
+    }
+    assert_eq!(offers.len(), 1, "the session was offered to {offers:?}");
+    let owners: Vec<&NodeId> = cluster
+        .nodes
+        .iter()
+        .zip(&cluster.running)
+        .filter(|(n, running)| **running && n.owned().iter().any(|(s, _)| s == "s"))
+        .map(|(n, _)| n.id())
+        .collect();
+    assert_eq!(owners.len(), 1, "owners: {owners:?}");
 }

@@ -91,10 +91,10 @@ impl DurableStore for StoreDurable {
     }
 }
 
-/// A session row as hosts before `SessionState::learned` and `released`
-/// wrote it.
+/// A session row as hosts before `SessionState::learned`, `released` and
+/// `offered_to` wrote it.
 #[derive(Deserialize, Serialize)]
-struct SessionRowBeforeLearned {
+struct OlderSessionRow {
     epoch: Option<u64>,
     complete: Option<u64>,
     designating: Option<String>,
@@ -107,7 +107,7 @@ struct SessionRowBeforeLearned {
 /// reads a newer row's start and ignores the rest, so a rollback works too.)
 fn decode_session_row(bytes: &[u8]) -> postcard::Result<SessionState> {
     postcard::from_bytes(bytes).or_else(|error| {
-        let old: SessionRowBeforeLearned = postcard::from_bytes(bytes).map_err(|_| error)?;
+        let old: OlderSessionRow = postcard::from_bytes(bytes).map_err(|_| error)?;
         Ok(SessionState {
             epoch: old.epoch,
             complete: old.complete,
@@ -116,6 +116,7 @@ fn decode_session_row(bytes: &[u8]) -> postcard::Result<SessionState> {
             journal: old.journal,
             learned: None,
             released: None,
+            offered_to: None,
         })
     })
 }
@@ -517,7 +518,7 @@ mod tests {
 
     #[test]
     fn session_rows_read_across_host_versions() {
-        let old = SessionRowBeforeLearned {
+        let old = OlderSessionRow {
             epoch: Some(4),
             complete: Some(3),
             designating: Some("n2".into()),
@@ -538,13 +539,14 @@ mod tests {
         // This host's row, read by this one and by an older one.
         let state = SessionState {
             learned: Some(4),
+            offered_to: Some("n3".into()),
             ..state
         };
         assert_eq!(
             decode_session_row(&encode(&state)).ok(),
             Some(state.clone())
         );
-        let read_by_older: SessionRowBeforeLearned =
+        let read_by_older: OlderSessionRow =
             postcard::from_bytes(&encode(&state)).expect("read by an older host");
         assert_eq!(read_by_older.designating.as_deref(), Some("n2"));
         // Damage is still damage.
