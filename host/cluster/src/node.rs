@@ -1713,6 +1713,8 @@ impl ClusterNode {
             if as_replica {
                 self.durable.complete.insert(session.clone(), epoch);
                 self.durable.learned.remove(&session);
+                // Called again by its owner (a replica change called off).
+                self.durable.released.remove(&session);
             } else {
                 self.durable.complete.remove(&session);
                 // Entries always run to the end of the owner's journal.
@@ -1889,6 +1891,17 @@ impl ClusterNode {
             return;
         };
         let usable = self.membership.is_ready(&m.to);
+        // The learner went away: back to the old replica if it is ready
+        // again (the records still name it), else none until the next
+        // change. Left without one, an owner that drains away next would
+        // strand the session: the old replica let go of it.
+        let old = Some(&o.replica)
+            .filter(|r| {
+                self.membership
+                    .by_name(r)
+                    .is_some_and(|id| self.membership.is_ready(id))
+            })
+            .cloned();
         self.durable.designating.remove(session);
         let Some(Role::Owner(o)) = self.roles.get_mut(session) else {
             return;
@@ -1898,7 +1911,12 @@ impl ClusterNode {
         // The old replica's promises are void, and so is the lease they gave.
         o.lease_until = o.lease_until.min(now);
         if !usable {
-            o.replica = String::new();
+            // Called again from the start, as a replica it is complete again.
+            o.replica = old.unwrap_or_default();
+            o.replica_len = 0;
+            o.replica_next = 0;
+            o.replica_sent = 0;
+            o.last_sent = None;
             return;
         }
         o.replica = m.to.name.clone();

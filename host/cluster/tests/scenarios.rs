@@ -746,3 +746,71 @@ fn a_draining_replica_offers_a_session_to_one_node_only() {
         .collect();
     assert_eq!(owners.len(), 1, "owners: {owners:?}");
 }
+
+#[test]
+fn a_replica_change_whose_learner_went_away_returns_to_the_old_replica() {
+    // n0 owns s; its replica drains, so n0 copies s to a learner and
+    // releases the old replica. Then the learner and n0 drain too, before
+    // the learner is named, and the old replica is back (a new boot) by
+    // the time it lets go: n0 calls it again instead of keeping no
+    // replica, so that its drain can hand s off (a transfer needs the
+    // replica to hold every entry).
+    let mut cluster = Cluster::new(&[1, 1, 1, 1, 1], baton_cluster::node::WIRE);
+    (0..5).for_each(|i| cluster.start(i));
+    let (mut replica, mut learner) = (0, None::<usize>);
+    let mut swapped_at = None;
+    let mut acked = 0;
+    for round in 0..900u64 {
+        let now = round * 10;
+        match round {
+            30 => {
+                let record = cluster.nodes[0]
+                    .create_here("s", NewSession::default(), now)
+                    .expect("create");
+                replica = record.replica[1..].parse::<usize>().expect("a node name");
+            }
+            40..100 => cluster.nodes[0].act("s", vec![round as u8], now),
+            100 => cluster.nodes[replica].drain(now),
+            _ => {}
+        }
+        acked += cluster.nodes[0]
+            .poll_events()
+            .iter()
+            .filter(|e| matches!(e, baton_cluster::Event::Acked { .. }))
+            .count();
+        let replica_name = format!("n{replica}");
+        // Held until n0 has heard that the learner drains.
+        let hold = swapped_at.is_none_or(|at| round < at + 10);
+        let sent = cluster.round(now, |_, to, message| {
+            hold && to.name == replica_name && matches!(message, Message::Release { .. })
+        });
+        for (from, to, message, _) in &sent {
+            match message {
+                Message::Replicate { replica: false, .. }
+                    if from.name == "n0" && learner.is_none() =>
+                {
+                    learner = Some(to.name[1..].parse().expect("a node name"));
+                }
+                Message::Release { .. } if swapped_at.is_none() && from.name == "n0" => {
+                    // The learner drains, n0 too; the old replica comes back.
+                    cluster.nodes[learner.expect("a learner")].drain(now);
+                    cluster.nodes[0].drain(now);
+                    cluster.restart(replica, now);
+                    swapped_at = Some(round);
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(swapped_at.is_some(), "no replica change");
+    assert!(acked >= 50, "only {acked} actions acknowledged");
+    assert!(
+        cluster.nodes[0].drained(),
+        "n0's drain never finished: {}",
+        cluster.nodes[0].describe("s")
+    );
+    let owner = cluster.nodes[1..]
+        .iter()
+        .find(|n| n.owned().iter().any(|(s, _)| s == "s"));
+    assert!(owner.is_some(), "nobody took s over");
+}
