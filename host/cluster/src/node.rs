@@ -2154,9 +2154,10 @@ impl ClusterNode {
             .unwrap_or_default();
         let len = journal.len() as u64;
         let offered = self.durable.handed.get(session).map_or(0, |h| h.offered);
-        if offered > 0 && self.record(session).is_some_and(|r| r.epoch >= offered) {
-            // The records show an owner of the epoch offered, or later:
-            // the transfer landed though its acknowledgement did not.
+        let seen = self.record(session).map_or(0, |r| r.epoch);
+        if offered > 0 && seen.max(self.known_epoch(session)) >= offered {
+            // The records (or an answer) show the epoch offered, or a later
+            // one: the transfer landed though its acknowledgement did not.
             self.passed_on(session, offered);
             return;
         }
