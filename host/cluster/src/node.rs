@@ -1815,8 +1815,21 @@ impl ClusterNode {
             self.send(from, Message::TransferAck { session, epoch });
             return;
         }
+        // Only a copy of the sender's epoch counts: a learner copy left from
+        // an older epoch may be as long and differ (the transfer can
+        // overtake a lost copy of this epoch's entries).
         let held = match self.roles.get(&session) {
-            Some(Role::Learner { confirmed, .. } | Role::Replica { confirmed, .. }) => *confirmed,
+            Some(
+                Role::Learner {
+                    epoch: e,
+                    confirmed,
+                }
+                | Role::Replica {
+                    epoch: e,
+                    confirmed,
+                    ..
+                },
+            ) if *e == record.epoch => *confirmed,
             _ => 0,
         };
         if epoch <= self.known_epoch(&session) || held < len {
