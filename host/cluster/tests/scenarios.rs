@@ -808,3 +808,57 @@ fn a_replica_change_whose_learner_went_away_returns_to_the_old_replica() {
         .find(|n| n.owned().iter().any(|(s, _)| s == "s"));
     assert!(owner.is_some(), "nobody took s over");
 }
+
+#[test]
+fn a_transfer_counts_only_a_copy_of_the_senders_epoch() {
+    // n2 keeps a learner copy from epoch 1 as long as the journal that
+    // epoch 3's owner transfers, but different; that owner's own copy to
+    // n2 was lost. The transfer must not make n2 the owner of the wrong
+    // history; once the copy of epoch 3 arrived, it does.
+    use baton_cluster::node::{JournalEntry, SessionRecord};
+    let id = |i: u64| NodeId {
+        name: format!("n{i}"),
+        boot: i,
+    };
+    let mut target = ClusterNode::new(id(2), Config::default(), 2, 100, Default::default(), 0);
+    let entries = |epoch: u64| -> Vec<JournalEntry> {
+        (0..5u8)
+            .map(|i| JournalEntry {
+                epoch,
+                action: vec![epoch as u8, i],
+            })
+            .collect()
+    };
+    let copy = |epoch: u64| Message::Replicate {
+        session: "s".into(),
+        epoch,
+        from: 0,
+        entries: entries(epoch),
+        len: 5,
+        replica: false,
+        sent_at: 0,
+    };
+    let transfer = Message::Transfer {
+        session: "s".into(),
+        epoch: 4,
+        len: 5,
+        replica: "n1".into(),
+        record: SessionRecord {
+            owner: id(3),
+            epoch: 3,
+            replica: "n1".into(),
+            module: String::new(),
+            module_hash: String::new(),
+            meta: Vec::new(),
+            format: 1,
+            snapshot_seq: 0,
+        },
+    };
+    target.handle(id(0), copy(1), 10);
+    target.handle(id(3), transfer.clone(), 20);
+    assert!(target.owned().is_empty(), "took over an older epoch's copy");
+    target.handle(id(3), copy(3), 30);
+    target.handle(id(3), transfer, 40);
+    assert_eq!(target.owned(), vec![("s".to_owned(), 4)]);
+    assert_eq!(target.journal("s"), Some(&entries(3)[..]));
+}
