@@ -473,6 +473,16 @@ struct Owning {
     moving: Option<Move>,
 }
 
+impl Owning {
+    /// Replicates to `replica` from now on, sending it everything again.
+    fn switch_replica(&mut self, replica: String) {
+        self.replica = replica;
+        self.replica_len = 0;
+        self.replica_next = 0;
+        self.replica_sent = 0;
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Move {
     /// The new owner (handoff) or the new replica (replica change).
@@ -1344,11 +1354,7 @@ impl ClusterNode {
                 // newest epoch it knows (a higher one: someone took over).
                 // One that handed its rights on did not let them go: its
                 // successor holds them, as the records will tell the owner.
-                let handed = self
-                    .durable
-                    .handed
-                    .get(&session)
-                    .is_some_and(|h| h.served >= epoch);
+                let handed = self.handed_on(&session, epoch);
                 if !self.roles.contains_key(&session) && !handed {
                     let epoch = self.known_epoch(&session);
                     self.send(from, Message::Released { session, epoch });
@@ -1390,10 +1396,7 @@ impl ClusterNode {
                         self.durable.designating.remove(session);
                     }
                     o.fenced = false;
-                    o.replica = record.replica.clone();
-                    o.replica_len = 0;
-                    o.replica_next = 0;
-                    o.replica_sent = 0;
+                    o.switch_replica(record.replica.clone());
                     o.lease_until = o.lease_until.min(now);
                 }
             }
@@ -1543,12 +1546,7 @@ impl ClusterNode {
         let no_part = !self.roles.contains_key(session);
         // One that passed its rights on for this epoch holds them no more,
         // whatever role a restart gave it back from stale records.
-        let handed = self
-            .durable
-            .handed
-            .get(session)
-            .is_some_and(|h| epoch <= h.served);
-        if handed {
+        if self.handed_on(session, epoch) {
             return;
         } else if designate
             && (is_learner || stale_learner || no_part)
@@ -1561,12 +1559,7 @@ impl ClusterNode {
         } else if !is_replica || self.durable.complete.contains_key(session) {
             return;
         } else if from.name != self.record(session).map_or("", |r| r.owner.name.as_str())
-            && !(self.first_replica_of(session, epoch)
-                && self
-                    .durable
-                    .released
-                    .get(session)
-                    .is_none_or(|e| *e < epoch))
+            && !self.sole_acknowledger_of(session, epoch)
         {
             // A learner's copy vouches only for what its owner held when it
             // was taken: everything acknowledged only if nothing could be
@@ -1595,13 +1588,26 @@ impl ClusterNode {
         }
     }
 
-    /// Whether this node is the replica the record of `epoch` named as the
-    /// epoch began: then nothing of the epoch can have been acknowledged
-    /// unless this node acknowledged it (or was released, see
-    /// [`Durable::released`]).
-    fn first_replica_of(&self, session: &str, epoch: u64) -> bool {
+    /// Whether nothing of `epoch` can have been acknowledged unless this
+    /// node acknowledged it: it is the replica the record named as the
+    /// epoch began, and was not released in it (see [`Durable::released`]).
+    fn sole_acknowledger_of(&self, session: &str, epoch: u64) -> bool {
         self.record_as_begun(session)
             .is_some_and(|r| r.epoch == epoch && r.replica == self.id.name)
+            && self
+                .durable
+                .released
+                .get(session)
+                .is_none_or(|e| *e < epoch)
+    }
+
+    /// Whether this node passed its replica rights for `session` on, for
+    /// `epoch` or later: that epoch's owner gets no acknowledgements here.
+    fn handed_on(&self, session: &str, epoch: u64) -> bool {
+        self.durable
+            .handed
+            .get(session)
+            .is_some_and(|h| epoch <= h.served)
     }
 
     fn own(&mut self, session: &str, epoch: u64, replica: String, now: u64) {
@@ -1650,12 +1656,7 @@ impl ClusterNode {
                 Some(Role::Replica { epoch: e, owner: o, .. }) if *e == epoch && *o == owner);
         let known = self.known_epoch(&session);
         let owns_now = matches!(self.roles.get(&session), Some(Role::Owner(o)) if o.epoch >= epoch);
-        let handed = self
-            .durable
-            .handed
-            .get(&session)
-            .is_some_and(|h| epoch <= h.served && as_replica);
-        if handed {
+        if as_replica && self.handed_on(&session, epoch) {
             return;
         }
         if epoch < known || owns_now {
@@ -1923,20 +1924,16 @@ impl ClusterNode {
         o.fenced = false;
         // The old replica's promises are void, and so is the lease they gave.
         o.lease_until = o.lease_until.min(now);
+        // The old replica, called again from the start, is complete again.
+        o.switch_replica(if usable {
+            m.to.name.clone()
+        } else {
+            old.unwrap_or_default()
+        });
+        o.last_sent = None;
         if !usable {
-            // Called again from the start, as a replica it is complete again.
-            o.replica = old.unwrap_or_default();
-            o.replica_len = 0;
-            o.replica_next = 0;
-            o.replica_sent = 0;
-            o.last_sent = None;
             return;
         }
-        o.replica = m.to.name.clone();
-        o.replica_len = 0;
-        o.replica_next = 0;
-        o.replica_sent = 0;
-        o.last_sent = None;
         let Some(mut record) = self.record(session).cloned() else {
             return;
         };
