@@ -252,6 +252,12 @@ pub(crate) async fn relay(
     let mut resume = resume.unwrap_or_default();
     let mut shutdown = app.shutdown.clone();
     let mut records = mesh.records_changed();
+    // Records this node held when the relay followed an owner's word are
+    // older than that word: they must not send the player back.
+    let mut stale = Stale::default();
+    if rejoin {
+        stale.note_hint(mesh.record(&id).await.map(|r| r.epoch));
+    }
     loop {
         let opened = async {
             let mut pipe = open(&app, &id, &owner).await?;
@@ -269,7 +275,7 @@ pub(crate) async fn relay(
             // The owner is gone or going: follow the session to the node
             // that takes it over, if one does in time.
             failed => {
-                match new_owner(&app, &id, &owner).await {
+                match new_owner(&app, &id, &owner, stale).await {
                     Some(to) => {
                         tracing::debug!(session = %id, from = %owner, %to, "a relay follows the session past an owner that does not answer");
                         owner = to;
@@ -322,7 +328,10 @@ pub(crate) async fn relay(
                                 }
                             }
                         }
-                        Some(Relayed::Moved { to }) => break Some(to),
+                        Some(Relayed::Moved { to }) => {
+                            stale.note_hint(mesh.record(&id).await.map(|r| r.epoch));
+                            break Some(to);
+                        }
                         // The owner is shutting down with the session still
                         // there (its drain deadline expired): the session
                         // fails over, and the player follows it.
@@ -336,6 +345,7 @@ pub(crate) async fn relay(
                 Ok(()) = records.changed() => {
                     if let Some(record) = mesh.record(&id).await
                         && record.owner.name != owner
+                        && stale.is_newer(record.epoch)
                     {
                         break Some(record.owner.name);
                     }
@@ -349,7 +359,7 @@ pub(crate) async fn relay(
         pipe.finish();
         let next = match next {
             Some(to) => Some(to),
-            None => new_owner(&app, &id, &owner).await,
+            None => new_owner(&app, &id, &owner, stale).await,
         };
         match next {
             Some(to) => {
@@ -370,15 +380,40 @@ pub(crate) async fn relay(
     }
 }
 
+/// Which of this node's records of a session a relay may follow: an
+/// owner that hands a session off tells its relays where it went before
+/// the record of the move reaches this node, and the record this node
+/// still holds then names the old owner. Following it would send the
+/// player back and forth.
+#[derive(Clone, Copy, Debug, Default)]
+struct Stale {
+    /// Records of this epoch or older are stale.
+    up_to: u64,
+}
+
+impl Stale {
+    /// A node said where the session went, while this node's record was
+    /// of `epoch`: that record, and older ones, are stale.
+    fn note_hint(&mut self, epoch: Option<u64>) {
+        self.up_to = self.up_to.max(epoch.unwrap_or(0));
+    }
+
+    fn is_newer(&self, epoch: u64) -> bool {
+        epoch > self.up_to
+    }
+}
+
 /// The owner of session `id` once it is no longer `old` (a failover),
 /// waiting on the cluster's records for at most [`FAILOVER_WAIT`].
-async fn new_owner(app: &App, id: &str, old: &str) -> Option<String> {
+async fn new_owner(app: &App, id: &str, old: &str, stale: Stale) -> Option<String> {
     let mesh = app.node.mesh.get()?;
     let mut records = mesh.records_changed();
     let wait = async {
         loop {
             match mesh.record(id).await {
-                Some(record) if record.owner.name != old => return Some(record.owner.name),
+                Some(record) if record.owner.name != old && stale.is_newer(record.epoch) => {
+                    return Some(record.owner.name);
+                }
                 None => return None,
                 Some(_) => {}
             }
@@ -420,5 +455,27 @@ impl Follow for WebSocket {
             Some(to) => relay(app, id, to, self, Some(resume)).await,
             None => close_moved(self).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stale;
+
+    #[test]
+    fn a_record_from_before_the_owners_word_does_not_send_the_player_back() {
+        let mut stale = Stale::default();
+        assert!(stale.is_newer(1), "with no word yet, every record counts");
+        // The owner (epoch 1 in this node's record) says the session went on.
+        stale.note_hint(Some(1));
+        assert!(!stale.is_newer(1), "the record of the old owner is stale");
+        // The move's own record (the handoff skips an epoch at most once
+        // more), or a later failover's, is followed.
+        assert!(stale.is_newer(2) && stale.is_newer(3));
+        // A later word while this node still holds no newer record changes
+        // nothing; a word with no record known keeps what was known.
+        stale.note_hint(Some(1));
+        stale.note_hint(None);
+        assert!(!stale.is_newer(1) && stale.is_newer(2));
     }
 }
