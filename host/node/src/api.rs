@@ -823,7 +823,23 @@ async fn connection(app: App, id: String, mut socket: impl Follow) {
                     if !send(&mut socket, &error).await { return; }
                     continue;
                 }
-                let reply = match noted(&app, app.node.act(&id, me, Some(client_id.clone()), action.to_string()).await) {
+                // The action runs on a task of its own: if the session is
+                // fenced for a handoff meanwhile, the player follows it at
+                // once, and the new owner answers the action (its id makes
+                // that safe), while the task finishes its bookkeeping here.
+                let acting = tokio::spawn({
+                    let (app, id, me, client_id) = (app.clone(), id.clone(), me.to_owned(), client_id.clone());
+                    let action = action.to_string();
+                    async move { app.node.act(&id, &me, Some(client_id), action).await }
+                });
+                let in_cluster = app.node.mesh.get().is_some();
+                let result = tokio::select! {
+                    done = acting => done.unwrap_or_else(|e| Err(NodeError::Internal(e.to_string()))),
+                    Ok(_) = moved.wait_for(|l| *l != Location::Here), if in_cluster => {
+                        Err(NodeError::Moved("the session moved while the action ran".into()))
+                    }
+                };
+                let reply = match noted(&app, result) {
                     Ok(outcome) => ServerMessage::Ack { id: &client_id, outcome },
                     // Not applied here: moving, or moved just now.
                     Err(NodeError::Moved(_)) | Err(NodeError::NotFound(_)) if app.node.mesh.get().is_some() => {
