@@ -16,7 +16,10 @@ use crate::module::{Fresh, MemoryAccess, ModuleHash, RuleModule};
 use baton_snapshot::{Delta, Image, MemoryDelta, MemoryImage, PAGE, SnapshotError};
 
 /// Bytes moved per accessor call: bounds the accessor's scratch memory.
-const CHUNK: usize = 256 << 10;
+/// Small, because a fresh pool slot faults in every scratch page it
+/// touches (~1.5 µs each on a VM), and a node taking sessions over in a
+/// deploy starts with fresh slots; 64 KiB costs 32 calls per 2 MiB.
+const CHUNK: usize = 64 << 10;
 /// Fuel for the accessor's own copying, which is not the rules' work.
 const ACCESSOR_FUEL: u64 = u64::MAX / 4;
 
