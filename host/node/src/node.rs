@@ -1515,9 +1515,17 @@ impl Node {
         cell.ticker.notify_one();
         // Wait for the call in flight, then drop the instance: off this
         // task, since resetting its pool slot takes ~0.1 ms and the events
-        // that follow (a drain's next handoffs) should not wait for it.
+        // that follow (a drain's next handoffs) should not wait for it. A
+        // draining node never reuses the slot: resetting it would only
+        // write zeros over memory (faulting in fresh pages where it was
+        // shared with the module's image) that the process gives back at
+        // exit anyway, so the instance is let go of as it is.
         if let Some(live) = cell.state.lock().await.live.take() {
-            tokio::task::spawn_blocking(move || drop(live));
+            if self.draining.load(Ordering::Relaxed) {
+                std::mem::forget(live);
+            } else {
+                tokio::task::spawn_blocking(move || drop(live));
+            }
         }
     }
 
