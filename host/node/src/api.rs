@@ -823,6 +823,7 @@ async fn connection(app: App, id: String, mut socket: impl Follow) {
                     if !send(&mut socket, &error).await { return; }
                     continue;
                 }
+                let in_cluster = app.node.mesh.get().is_some();
                 // The action runs on a task of its own: if the session is
                 // fenced for a handoff meanwhile, the player follows it at
                 // once, and the new owner answers the action (its id makes
@@ -832,7 +833,6 @@ async fn connection(app: App, id: String, mut socket: impl Follow) {
                     let action = action.to_string();
                     async move { app.node.act(&id, &me, Some(client_id), action).await }
                 });
-                let in_cluster = app.node.mesh.get().is_some();
                 let result = tokio::select! {
                     done = acting => done.unwrap_or_else(|e| Err(NodeError::Internal(e.to_string()))),
                     Ok(_) = moved.wait_for(|l| *l != Location::Here), if in_cluster => {
@@ -842,7 +842,7 @@ async fn connection(app: App, id: String, mut socket: impl Follow) {
                 let reply = match noted(&app, result) {
                     Ok(outcome) => ServerMessage::Ack { id: &client_id, outcome },
                     // Not applied here: moving, or moved just now.
-                    Err(NodeError::Moved(_)) | Err(NodeError::NotFound(_)) if app.node.mesh.get().is_some() => {
+                    Err(NodeError::Moved(_)) | Err(NodeError::NotFound(_)) if in_cluster => {
                         // Not applied here: the new owner answers it.
                         resume.unanswered.push((client_id.clone(), text.to_string()));
                         let moved_away = moved.wait_for(|l| *l != Location::Here);
