@@ -11,7 +11,7 @@ use baton_runtime::{
     Call, CallError, JournalEntry, Reply, RuleModule, Runtime, RuntimeConfig, Session,
 };
 use baton_sdk::wire::{self, Player, SetupArgs, Viewer};
-use baton_store::{GroupCommit, Published, RedbStore, Store, StoreError};
+use baton_store::{GroupCommit, Published, RedbStore, SnapshotWrite, Store, StoreError, Write};
 use baton_transport::{AppendError, Mesh, Unconfirmed};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Notify, broadcast, oneshot, watch};
@@ -293,6 +293,8 @@ pub struct Node {
     runtime: Runtime,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) journal: Arc<GroupCommit>,
+    /// Snapshots commit apart, so the journal's commits stay small.
+    snapshot_writer: GroupCommit<SnapshotWrite>,
     /// The cluster, once joined (see `cluster.rs`).
     pub(crate) mesh: OnceLock<Arc<Mesh>>,
     /// Counts the cluster's journal changes written to the store here.
@@ -385,6 +387,7 @@ impl Node {
         .map_err(|e| NodeError::Internal(e.to_string()))?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("node.redb"))?);
         let journal = Arc::new(GroupCommit::start(store.clone())?);
+        let snapshot_writer = GroupCommit::start_snapshots(store.clone())?;
         let token = match &config.operator_token {
             Some(token) => token.clone(),
             None => tokens::operator_token(&config.data_dir)?,
@@ -395,6 +398,7 @@ impl Node {
             runtime,
             store,
             journal,
+            snapshot_writer,
             mesh: OnceLock::new(),
             journals_written: Arc::new(watch::channel(0).0),
             modules: RwLock::new(BTreeMap::new()),
@@ -1948,13 +1952,7 @@ impl Node {
     fn store_snapshot(self: &Arc<Self>, pending: PendingSnapshot) -> Option<Arc<Vec<u8>>> {
         let started = Instant::now();
         let sealed = Arc::new(pending.seal());
-        let stored = self.journal.put_snapshot_and_wait(
-            &pending.id,
-            pending.image.position,
-            sealed.clone(),
-            self.config.cluster.is_none(),
-        );
-        match stored {
+        match self.put_snapshot(&pending.id, pending.image.position, sealed.clone()) {
             Ok(()) => {
                 self.metrics
                     .snapshot(&pending.module, sealed.len() as u64, started.elapsed());
@@ -1983,6 +1981,32 @@ impl Node {
                 None
             }
         }
+    }
+
+    /// Stores a sealed snapshot of session `id` at `position` and waits
+    /// until it is durable (blocking). A node without a cluster snapshots
+    /// only positions whose entries are durable, and then drops the entries
+    /// the snapshot covers; a cluster node keeps its journals whole (they
+    /// belong to the cluster protocol, which counts every entry, and a
+    /// rebuild uses a snapshot only where the journal agrees with it).
+    pub(crate) fn put_snapshot(
+        &self,
+        id: &str,
+        position: u64,
+        sealed: Arc<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        self.snapshot_writer
+            .put_snapshot_and_wait(id, position, sealed)?;
+        if self.config.cluster.is_none() {
+            // Nothing waits for the trim: until it commits, recovery reads
+            // the journal from the snapshot's position on anyway.
+            let trim = Write::TrimBefore {
+                session: id.to_owned(),
+                position,
+            };
+            self.journal.submit(vec![trim], |_| {});
+        }
+        Ok(())
     }
 
     // --- ticks and hibernation -------------------------------------------

@@ -511,9 +511,7 @@ fn keep(
     }
     meta.tail = Some(offered.tail);
     let sealed = seal(&meta.to_json(), encoded.as_deref().unwrap_or(body));
-    // Only a cluster node receives snapshots: its journals stay whole.
-    node.journal
-        .put_snapshot_and_wait(id, offered.position, Arc::new(sealed), false)?;
+    node.put_snapshot(id, offered.position, Arc::new(sealed))?;
     if offered.standby
         && let Ok(session) = crate::node::SessionRecord::from_cluster(id, record)
     {

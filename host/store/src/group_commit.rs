@@ -1,10 +1,48 @@
-//! Group commit: many journal appends, one durable commit, then every ack.
+//! Group commit: many writes, one durable commit, then every ack.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
-use crate::{Store, StoreError, Write};
+use crate::{SnapshotWrite, Store, StoreError, Write};
+
+/// What a [`GroupCommit`] writes: the journal's [`Write`]s or
+/// [`SnapshotWrite`]s, each kind with a writer of its own, so that the
+/// commits a player's acknowledgement waits for never carry a snapshot's
+/// megabytes.
+pub trait Batched: Send + 'static {
+    /// The writer thread's name.
+    const WRITER: &'static str;
+    /// Makes `batch` durable in one commit: all or none.
+    fn commit(store: &dyn Store, batch: &[Self]) -> Result<(), StoreError>
+    where
+        Self: Sized;
+    /// The bytes this write counts for in [`CommitStats`], if it counts.
+    fn counted(&self) -> Option<u64>;
+}
+
+impl Batched for Write {
+    const WRITER: &'static str = "baton-journal";
+    fn commit(store: &dyn Store, batch: &[Self]) -> Result<(), StoreError> {
+        store.commit(batch)
+    }
+    fn counted(&self) -> Option<u64> {
+        match self {
+            Write::Entry { entry, .. } => Some(entry.len() as u64),
+            _ => None,
+        }
+    }
+}
+
+impl Batched for SnapshotWrite {
+    const WRITER: &'static str = "baton-snapshots";
+    fn commit(store: &dyn Store, batch: &[Self]) -> Result<(), StoreError> {
+        store.put_snapshots(batch)
+    }
+    fn counted(&self) -> Option<u64> {
+        Some(self.snapshot.len() as u64)
+    }
+}
 
 /// Most entries one commit takes, so a flood cannot delay its first acks
 /// without bound.
@@ -16,8 +54,8 @@ const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(10);
 /// Called once an append is durable, or failed.
 type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
-struct Pending {
-    writes: Vec<Write>,
+struct Pending<W> {
+    writes: Vec<W>,
     done: Done,
 }
 
@@ -26,26 +64,28 @@ struct Pending {
 pub struct CommitStats {
     /// Durable commits made.
     pub commits: AtomicU64,
-    /// Entries they held.
+    /// Journal entries (or snapshots) they held.
     pub entries: AtomicU64,
-    /// Bytes of entries they held.
+    /// Bytes of those.
     pub bytes: AtomicU64,
 }
 
-/// A journal writer that batches appends into group commits.
+/// A writer that batches writes into group commits: `GroupCommit` (of
+/// [`Write`]s) is the journal's, `GroupCommit<SnapshotWrite>` the
+/// snapshots'.
 ///
 /// [`append`](GroupCommit::append) queues an entry and returns at once; the
 /// writer thread takes everything queued, commits it with one fsync, and
 /// then calls each entry's `done`. An entry is acknowledged only after its
 /// commit: never before, and never if it failed. After one failed commit
 /// every later append fails too (fail-stop), so no journal gets a gap.
-pub struct GroupCommit {
-    queue: Option<mpsc::Sender<Pending>>,
+pub struct GroupCommit<W: Batched = Write> {
+    queue: Option<mpsc::Sender<Pending<W>>>,
     writer: Option<JoinHandle<()>>,
     stats: Arc<CommitStats>,
 }
 
-impl std::fmt::Debug for GroupCommit {
+impl<W: Batched> std::fmt::Debug for GroupCommit<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GroupCommit")
             .field("stats", &self.stats)
@@ -53,16 +93,15 @@ impl std::fmt::Debug for GroupCommit {
     }
 }
 
-impl GroupCommit {
-    /// Starts the writer thread over `store`.
-    pub fn start(store: Arc<dyn Store>) -> Result<Self, StoreError> {
-        let (queue, pending) = mpsc::channel::<Pending>();
+impl<W: Batched> GroupCommit<W> {
+    fn spawn(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let (queue, pending) = mpsc::channel::<Pending<W>>();
         let stats = Arc::new(CommitStats::default());
         let counters = stats.clone();
         let writer = std::thread::Builder::new()
-            .name("baton-journal".into())
+            .name(W::WRITER.into())
             .spawn(move || write_loop(&*store, &pending, &counters))
-            .map_err(|e| StoreError::Io(format!("could not start the journal writer: {e}")))?;
+            .map_err(|e| StoreError::Io(format!("could not start {}: {e}", W::WRITER)))?;
         Ok(GroupCommit {
             queue: Some(queue),
             writer: Some(writer),
@@ -70,28 +109,12 @@ impl GroupCommit {
         })
     }
 
-    /// Queues `entry` at `position` of `session`'s journal; `done` is called
-    /// from the writer thread once it is durable (or failed).
-    pub fn append(
-        &self,
-        session: &str,
-        position: u64,
-        entry: Vec<u8>,
-        done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
-    ) {
-        let write = Write::Entry {
-            session: session.to_owned(),
-            position,
-            entry,
-        };
-        self.submit(vec![write], done);
-    }
-
     /// Queues `writes`, to be made durable together and after everything
-    /// queued before them; `done` is called as for [`GroupCommit::append`].
+    /// queued before them; `done` is called from the writer thread once
+    /// they are durable (or failed).
     pub fn submit(
         &self,
-        writes: Vec<Write>,
+        writes: Vec<W>,
         done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
     ) {
         let pending = Pending {
@@ -107,40 +130,8 @@ impl GroupCommit {
         }
     }
 
-    /// Appends and waits until the entry is durable.
-    pub fn append_and_wait(
-        &self,
-        session: &str,
-        position: u64,
-        entry: Vec<u8>,
-    ) -> Result<(), StoreError> {
-        self.submit_and_wait(vec![Write::Entry {
-            session: session.to_owned(),
-            position,
-            entry,
-        }])
-    }
-
-    /// Stores a session's snapshot (see [`Write::Snapshot`]) and waits
-    /// until it is durable: one fsync with the journal entries queued
-    /// alongside, never a commit of its own holding them up.
-    pub fn put_snapshot_and_wait(
-        &self,
-        session: &str,
-        position: u64,
-        snapshot: std::sync::Arc<Vec<u8>>,
-        drop_covered: bool,
-    ) -> Result<(), StoreError> {
-        self.submit_and_wait(vec![Write::Snapshot {
-            session: session.to_owned(),
-            position,
-            snapshot,
-            drop_covered,
-        }])
-    }
-
     /// Submits `writes` and waits until they are durable (blocking).
-    pub fn submit_and_wait(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+    pub fn submit_and_wait(&self, writes: Vec<W>) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.submit(writes, move |result| {
             let _ = tx.send(result);
@@ -167,13 +158,78 @@ impl GroupCommit {
     }
 }
 
-impl Drop for GroupCommit {
+impl GroupCommit<Write> {
+    /// Starts the journal's writer thread over `store`.
+    pub fn start(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        Self::spawn(store)
+    }
+
+    /// Queues `entry` at `position` of `session`'s journal; `done` is called
+    /// from the writer thread once it is durable (or failed).
+    pub fn append(
+        &self,
+        session: &str,
+        position: u64,
+        entry: Vec<u8>,
+        done: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) {
+        let write = Write::Entry {
+            session: session.to_owned(),
+            position,
+            entry,
+        };
+        self.submit(vec![write], done);
+    }
+
+    /// Appends and waits until the entry is durable.
+    pub fn append_and_wait(
+        &self,
+        session: &str,
+        position: u64,
+        entry: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.submit_and_wait(vec![Write::Entry {
+            session: session.to_owned(),
+            position,
+            entry,
+        }])
+    }
+
+}
+
+impl GroupCommit<SnapshotWrite> {
+    /// Starts the snapshots' writer thread over `store`.
+    pub fn start_snapshots(store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        Self::spawn(store)
+    }
+
+    /// Stores a session's snapshot (see [`SnapshotWrite`]) and waits
+    /// until it is durable, in one commit with the others queued alongside.
+    pub fn put_snapshot_and_wait(
+        &self,
+        session: &str,
+        position: u64,
+        snapshot: Arc<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        self.submit_and_wait(vec![SnapshotWrite {
+            session: session.to_owned(),
+            position,
+            snapshot,
+        }])
+    }
+}
+
+impl<W: Batched> Drop for GroupCommit<W> {
     fn drop(&mut self) {
         self.shut_down();
     }
 }
 
-fn write_loop(store: &dyn Store, pending: &mpsc::Receiver<Pending>, stats: &CommitStats) {
+fn write_loop<W: Batched>(
+    store: &dyn Store,
+    pending: &mpsc::Receiver<Pending<W>>,
+    stats: &CommitStats,
+) {
     // After a failed commit nothing more is written: a later success would
     // leave a gap in some journal. The node must restart on a working disk.
     let mut failed: Option<StoreError> = None;
@@ -187,17 +243,17 @@ fn write_loop(store: &dyn Store, pending: &mpsc::Receiver<Pending>, stats: &Comm
                 Err(_) => break,
             }
         }
-        let writes: Vec<Write> = batch
+        let writes: Vec<W> = batch
             .iter_mut()
             .flat_map(|p| std::mem::take(&mut p.writes))
             .collect();
         let started = std::time::Instant::now();
         let result = match &failed {
             Some(e) => Err(e.clone()),
-            None => store.commit(&writes),
+            None => W::commit(store, &writes),
         };
         if started.elapsed() >= SLOW_COMMIT {
-            tracing::debug!(writes = writes.len(), submissions = batch.len(), took = ?started.elapsed(), "slow group commit");
+            tracing::debug!(writer = W::WRITER, writes = writes.len(), submissions = batch.len(), took = ?started.elapsed(), "slow group commit");
         }
         if let Err(e) = &result {
             failed.get_or_insert_with(|| e.clone());
@@ -205,11 +261,9 @@ fn write_loop(store: &dyn Store, pending: &mpsc::Receiver<Pending>, stats: &Comm
         if result.is_ok() {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             let (mut entries, mut bytes) = (0u64, 0u64);
-            for write in &writes {
-                if let Write::Entry { entry, .. } = write {
-                    entries += 1;
-                    bytes += entry.len() as u64;
-                }
+            for counted in writes.iter().filter_map(W::counted) {
+                entries += 1;
+                bytes += counted;
             }
             stats.entries.fetch_add(entries, Ordering::Relaxed);
             stats.bytes.fetch_add(bytes, Ordering::Relaxed);

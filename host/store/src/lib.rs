@@ -5,18 +5,22 @@
 //! its latest snapshot and the journal of calls since, and on a cluster
 //! node the cluster protocol's own rows. The [`Store`] trait is
 //! that contract, small enough for another backend (PostgreSQL) to implement;
-//! [`RedbStore`] is the embedded one (one file, no server to install).
+//! [`RedbStore`] is the embedded one (two files, one for snapshots, no
+//! server to install).
 //!
 //! Acknowledging a player's action waits for its journal entry to be durable.
 //! [`GroupCommit`] makes that cheap: one writer thread collects every entry
 //! queued while the previous commit was in flight and commits them together,
-//! with one fsync, then acknowledges each.
+//! with one fsync, then acknowledges each. Snapshots have a group commit of
+//! their own, so the journal's commits stay small.
 //!
 //! # Layout
 //!
-//! - [`Store`], [`StoreError`], [`Published`], [`Write`], [`JournalWrite`]: the contract.
+//! - [`Store`], [`StoreError`], [`Published`], [`Write`], [`SnapshotWrite`],
+//!   [`JournalWrite`]: the contract.
 //! - `redb_store`: [`RedbStore`].
-//! - `group_commit`: [`GroupCommit`] and its [`CommitStats`].
+//! - `group_commit`: [`GroupCommit`], one per kind of write ([`Batched`]),
+//!   and its [`CommitStats`].
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
@@ -24,7 +28,7 @@ mod group_commit;
 mod redb_store;
 
 pub use baton_snapshot::ModuleHash;
-pub use group_commit::{CommitStats, GroupCommit};
+pub use group_commit::{Batched, CommitStats, GroupCommit};
 pub use redb_store::RedbStore;
 
 /// Why the store could not do something. Cloneable, so one failed group
@@ -78,20 +82,16 @@ pub enum Write {
         /// The journal's length now.
         len: u64,
     },
-    /// A session's snapshot taken at `position`, replacing an older one (a
-    /// newer one already stored stays). With `drop_covered`, the journal
-    /// entries it covers (those before it) go too; a cluster node keeps
-    /// them, since its journals belong to the cluster protocol, which counts
-    /// every entry.
-    Snapshot {
+    /// The session's journal entries before `position` go: a snapshot
+    /// stored at `position` covers them. Only a node without a cluster
+    /// trims, and only once the snapshot is durable; a cluster node keeps
+    /// its journals whole, since they belong to the cluster protocol,
+    /// which counts every entry.
+    TrimBefore {
         /// The session.
         session: String,
-        /// The journal position the snapshot was taken at.
+        /// The position of the durable snapshot that covers the entries.
         position: u64,
-        /// The snapshot's bytes (shared: they are often shipped too).
-        snapshot: std::sync::Arc<Vec<u8>>,
-        /// Drop the journal entries before `position`.
-        drop_covered: bool,
     },
     /// A row of the cluster protocol's state, opaque here: set, or deleted
     /// when `value` is `None`.
@@ -101,6 +101,18 @@ pub enum Write {
         /// Its value.
         value: Option<Vec<u8>>,
     },
+}
+
+/// A session's snapshot taken at `position`, replacing an older one (a
+/// newer one already stored stays).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotWrite {
+    /// The session.
+    pub session: String,
+    /// The journal position the snapshot was taken at.
+    pub position: u64,
+    /// The snapshot's bytes (shared: they are often shipped too).
+    pub snapshot: std::sync::Arc<Vec<u8>>,
 }
 
 /// A row of the cluster protocol's state: key and value.
@@ -144,7 +156,15 @@ pub trait Store: Send + Sync + 'static {
     fn sessions(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
     /// Makes every write durable, in order, in one commit: all or none.
+    /// Snapshots are not among them (see [`Store::put_snapshots`]).
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
+
+    /// Stores snapshots in one commit apart from the journal's (see
+    /// [`SnapshotWrite`]): a megabyte snapshot never sits in a commit that
+    /// a player's acknowledgement waits for. Nothing orders the two: a
+    /// node stores a snapshot at `position` only once the entries before
+    /// it are durable, and trims them ([`Write::TrimBefore`]) only after.
+    fn put_snapshots(&self, snapshots: &[SnapshotWrite]) -> Result<(), StoreError>;
 
     /// Appends journal entries, all in one durable commit.
     fn append(&self, entries: &[JournalWrite<'_>]) -> Result<(), StoreError> {
@@ -165,20 +185,13 @@ pub trait Store: Send + Sync + 'static {
     /// A session's journal entries from `from` on, in order.
     fn journal(&self, session: &str, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 
-    /// Stores a session's snapshot in a commit of its own (see
-    /// [`Write::Snapshot`]); a node writes them through its group commit.
-    fn put_snapshot(
-        &self,
-        session: &str,
-        position: u64,
-        snapshot: &[u8],
-        drop_covered: bool,
-    ) -> Result<(), StoreError> {
-        self.commit(&[Write::Snapshot {
+    /// Stores one session's snapshot (see [`Store::put_snapshots`]); a
+    /// node writes them through a [`GroupCommit`] of its own.
+    fn put_snapshot(&self, session: &str, position: u64, snapshot: &[u8]) -> Result<(), StoreError> {
+        self.put_snapshots(&[SnapshotWrite {
             session: session.to_owned(),
             position,
             snapshot: std::sync::Arc::new(snapshot.to_vec()),
-            drop_covered,
         }])
     }
 

@@ -1,10 +1,13 @@
-//! The embedded store: one redb file, fsynced on every commit.
+//! The embedded store: two redb files, fsynced on every commit. Snapshots
+//! live in a file of their own (`<name>.snapshots.redb` next to the main
+//! one): redb commits one write transaction at a time per file, so a
+//! snapshot's megabytes never hold up the journal's small commits.
 
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::{ModuleHash, Published, StateRow, Store, StoreError, Write};
+use crate::{ModuleHash, Published, SnapshotWrite, StateRow, Store, StoreError, Write};
 
 /// `name@version` → module hash.
 const MODULE_NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("module_names");
@@ -14,67 +17,144 @@ const MODULE_BYTES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("module
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// (session id, position) → encoded journal entry.
 const JOURNAL: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("journal");
-/// Session id → position (8 bytes, little-endian) followed by the snapshot.
+/// Session id → position (8 bytes, little-endian) followed by the
+/// snapshot: in the snapshot file (and, in a main file of format 1, there
+/// too, moved out on opening).
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 /// The cluster protocol's rows, opaque here.
 const CLUSTER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cluster");
 /// Store-wide facts: the format version.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// The layout of the tables above. A host that finds a newer one refuses to
-/// open the file rather than misread it.
-const FORMAT: u64 = 1;
+/// The layout of the main file's tables. A host that finds a newer one
+/// refuses to open the file rather than misread it. Format 1 kept the
+/// snapshots in the main file; opening one moves them to the snapshot file.
+const FORMAT: u64 = 2;
+/// The layout of the snapshot file's table.
+const SNAPSHOT_FORMAT: u64 = 1;
 
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-/// A [`Store`] in one redb file.
+/// A [`Store`] in two redb files: the main one and the snapshots'.
 #[derive(Debug)]
 pub struct RedbStore {
     db: Database,
+    snapshots: Database,
 }
 
 impl RedbStore {
-    /// Opens (or creates) the store at `path`.
+    /// Opens (or creates) the store at `path`, with its snapshot file
+    /// beside it (`node.redb` → `node.snapshots.redb`).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| io(format!("creating {}: {e}", dir.display())))?;
         }
-        let db =
-            Database::create(path).map_err(|e| io(format!("opening {}: {e}", path.display())))?;
-        let store = RedbStore { db };
-        store.check_format()?;
-        Ok(store)
-    }
-
-    fn check_format(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(io)?;
-        {
-            let mut meta = txn.open_table(META).map_err(io)?;
-            let found = meta.get("format").map_err(io)?.map(|v| v.value());
-            match found {
-                None => {
-                    meta.insert("format", FORMAT).map_err(io)?;
-                }
-                Some(FORMAT) => {}
-                Some(other) => {
-                    return Err(StoreError::Io(format!(
-                        "the store was written in format {other}; this host reads format {FORMAT}"
-                    )));
-                }
-            }
+        let create =
+            |path: &Path| Database::create(path).map_err(|e| io(format!("opening {}: {e}", path.display())));
+        let store = RedbStore {
+            db: create(path)?,
+            snapshots: create(&path.with_extension("snapshots.redb"))?,
+        };
+        check_format(&store.snapshots, SNAPSHOT_FORMAT, SNAPSHOT_FORMAT, |txn| {
+            txn.open_table(SNAPSHOTS).map_err(io).map(drop)
+        })?;
+        let found = check_format(&store.db, FORMAT, 1, |txn| {
             // Create every table, so reads never meet a missing one.
             txn.open_table(MODULE_NAMES).map_err(io)?;
             txn.open_table(MODULE_BYTES).map_err(io)?;
             txn.open_table(SESSIONS).map_err(io)?;
             txn.open_table(JOURNAL).map_err(io)?;
-            txn.open_table(SNAPSHOTS).map_err(io)?;
             txn.open_table(CLUSTER).map_err(io)?;
+            Ok(())
+        })?;
+        if found == 1 {
+            store.move_snapshots_out()?;
         }
-        txn.commit().map_err(io)
+        Ok(store)
     }
+
+    /// Moves a format-1 main file's snapshots to the snapshot file, then
+    /// marks the main file format 2. A crash in between moves them again
+    /// on the next opening (a newer snapshot already there stays).
+    fn move_snapshots_out(&self) -> Result<(), StoreError> {
+        let mut moved = Vec::new();
+        {
+            let txn = self.db.begin_read().map_err(io)?;
+            if let Ok(table) = txn.open_table(SNAPSHOTS) {
+                for row in table.iter().map_err(io)? {
+                    let (id, value) = row.map_err(io)?;
+                    let (position, snapshot) = split_snapshot(value.value())?;
+                    moved.push(SnapshotWrite {
+                        session: id.value().to_owned(),
+                        position,
+                        snapshot: std::sync::Arc::new(snapshot.to_vec()),
+                    });
+                }
+            }
+        }
+        self.put_snapshots(&moved)?;
+        let txn = self.db.begin_write().map_err(io)?;
+        txn.delete_table(SNAPSHOTS).map_err(io)?;
+        txn.open_table(META)
+            .map_err(io)?
+            .insert("format", FORMAT)
+            .map_err(io)?;
+        txn.commit().map_err(io)?;
+        tracing::info!(snapshots = moved.len(), "moved the store's snapshots to a file of their own (store format 1 → 2)");
+        Ok(())
+    }
+}
+
+/// Checks (or, in a new file, sets) `db`'s format: `current`, or one from
+/// `oldest` on that the caller upgrades. Creates the tables with `tables`.
+/// Returns the format found.
+fn check_format(
+    db: &Database,
+    current: u64,
+    oldest: u64,
+    tables: impl FnOnce(&redb::WriteTransaction) -> Result<(), StoreError>,
+) -> Result<u64, StoreError> {
+    let txn = db.begin_write().map_err(io)?;
+    let found = {
+        let mut meta = txn.open_table(META).map_err(io)?;
+        let found = meta.get("format").map_err(io)?.map(|v| v.value());
+        match found {
+            None => {
+                meta.insert("format", current).map_err(io)?;
+                current
+            }
+            Some(found) if (oldest..=current).contains(&found) => found,
+            Some(other) => {
+                let reads = if oldest == current {
+                    format!("format {current}")
+                } else {
+                    format!("formats {oldest} to {current}")
+                };
+                return Err(StoreError::Io(format!(
+                    "the store was written in format {other}; this host reads {reads}"
+                )));
+            }
+        }
+    };
+    tables(&txn)?;
+    txn.commit().map_err(io)?;
+    Ok(found)
+}
+
+/// A snapshot row's value: its position and the snapshot.
+fn split_snapshot(value: &[u8]) -> Result<(u64, &[u8]), StoreError> {
+    let (position, snapshot) = value
+        .split_at_checked(8)
+        .ok_or_else(|| io("a damaged snapshot entry"))?;
+    let position = u64::from_le_bytes(
+        position
+            .try_into()
+            .map_err(|_| io("a damaged snapshot entry"))?,
+    );
+    Ok((position, snapshot))
 }
 
 impl Store for RedbStore {
@@ -169,7 +249,6 @@ impl Store for RedbStore {
         {
             let mut journal = txn.open_table(JOURNAL).map_err(io)?;
             let mut cluster = txn.open_table(CLUSTER).map_err(io)?;
-            let mut snapshots = txn.open_table(SNAPSHOTS).map_err(io)?;
             for write in writes {
                 match write {
                     Write::Entry {
@@ -200,36 +279,43 @@ impl Store for RedbStore {
                     Write::State { key, value: None } => {
                         cluster.remove(key.as_slice()).map_err(io)?;
                     }
-                    Write::Snapshot {
-                        session,
-                        position,
-                        snapshot,
-                        drop_covered,
-                    } => {
-                        let newer = snapshots
-                            .get(session.as_str())
-                            .map_err(io)?
-                            .and_then(|v| v.value().get(..8)?.try_into().ok())
-                            .map(u64::from_le_bytes)
-                            .is_some_and(|existing| existing > *position);
-                        if newer {
-                            // A newer snapshot is already durable: keep it.
-                            continue;
-                        }
-                        let mut value = Vec::with_capacity(8 + snapshot.len());
-                        value.extend_from_slice(&position.to_le_bytes());
-                        value.extend_from_slice(snapshot);
-                        snapshots.insert(session.as_str(), &value[..]).map_err(io)?;
-                        if *drop_covered {
-                            journal
-                                .retain_in(
-                                    (session.as_str(), 0)..(session.as_str(), *position),
-                                    |_, _| false,
-                                )
-                                .map_err(io)?;
-                        }
+                    Write::TrimBefore { session, position } => {
+                        journal
+                            .retain_in(
+                                (session.as_str(), 0)..(session.as_str(), *position),
+                                |_, _| false,
+                            )
+                            .map_err(io)?;
                     }
                 }
+            }
+        }
+        txn.commit().map_err(io)
+    }
+
+    fn put_snapshots(&self, writes: &[SnapshotWrite]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let txn = self.snapshots.begin_write().map_err(io)?;
+        {
+            let mut snapshots = txn.open_table(SNAPSHOTS).map_err(io)?;
+            for write in writes {
+                let stored = snapshots
+                    .get(write.session.as_str())
+                    .map_err(io)?
+                    .and_then(|v| v.value().get(..8)?.try_into().ok())
+                    .map(u64::from_le_bytes);
+                if stored.is_some_and(|stored| stored > write.position) {
+                    // A newer snapshot is already durable: keep it.
+                    continue;
+                }
+                let mut value = Vec::with_capacity(8 + write.snapshot.len());
+                value.extend_from_slice(&write.position.to_le_bytes());
+                value.extend_from_slice(&write.snapshot);
+                snapshots
+                    .insert(write.session.as_str(), &value[..])
+                    .map_err(io)?;
             }
         }
         txn.commit().map_err(io)
@@ -261,20 +347,12 @@ impl Store for RedbStore {
     }
 
     fn snapshot(&self, session: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read().map_err(io)?;
+        let txn = self.snapshots.begin_read().map_err(io)?;
         let table = txn.open_table(SNAPSHOTS).map_err(io)?;
         let Some(value) = table.get(session).map_err(io)? else {
             return Ok(None);
         };
-        let value = value.value();
-        let (position, snapshot) = value
-            .split_at_checked(8)
-            .ok_or_else(|| io("a damaged snapshot entry"))?;
-        let position = u64::from_le_bytes(
-            position
-                .try_into()
-                .map_err(|_| io("a damaged snapshot entry"))?,
-        );
+        let (position, snapshot) = split_snapshot(value.value())?;
         Ok(Some((position, snapshot.to_vec())))
     }
 }

@@ -70,7 +70,14 @@ fn journals_read_back_in_order_and_snapshots_truncate_them() {
     );
     assert!(store.journal("s3", 0).unwrap().is_empty());
 
-    store.put_snapshot("s1", 6, b"snapshot at 6", true).unwrap();
+    store.put_snapshot("s1", 6, b"snapshot at 6").unwrap();
+    assert_eq!(store.journal("s1", 0).unwrap().len(), 10, "kept until trimmed");
+    store
+        .commit(&[Write::TrimBefore {
+            session: "s1".into(),
+            position: 6,
+        }])
+        .unwrap();
     assert_eq!(
         store.snapshot("s1").unwrap(),
         Some((6, b"snapshot at 6".to_vec()))
@@ -86,7 +93,7 @@ fn journals_read_back_in_order_and_snapshots_truncate_them() {
         "other sessions untouched"
     );
     // An older snapshot never replaces a newer one.
-    store.put_snapshot("s1", 3, b"stale", true).unwrap();
+    store.put_snapshot("s1", 3, b"stale").unwrap();
     assert_eq!(store.snapshot("s1").unwrap().unwrap().0, 6);
 }
 
@@ -112,7 +119,7 @@ fn a_cluster_node_keeps_its_journals_whole_truncates_them_and_keeps_its_rows() {
         });
         store.commit(&writes).unwrap();
         // A snapshot that keeps what it covers: the protocol counts it.
-        store.put_snapshot("s", 4, b"snap", false).unwrap();
+        store.put_snapshot("s", 4, b"snap").unwrap();
         store
             .commit(&[
                 Write::Truncate {
@@ -162,7 +169,7 @@ fn everything_survives_reopening() {
                 entry: b"e0",
             }])
             .unwrap();
-        store.put_snapshot("s2", 4, b"snap", true).unwrap();
+        store.put_snapshot("s2", 4, b"snap").unwrap();
     }
     let store = open(&dir);
     assert_eq!(
@@ -315,4 +322,119 @@ fn acknowledged_entries_survive_kill_9() {
         drop(store);
         std::fs::remove_file(&path).unwrap();
     }
+}
+
+#[test]
+fn snapshots_commit_in_a_file_of_their_own_with_a_writer_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(open(&dir));
+    let main_size = || std::fs::metadata(dir.path().join("node.redb")).unwrap().len();
+    let main_before = main_size();
+    let snapshots = Arc::new(GroupCommit::start_snapshots(store.clone()).unwrap());
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let snapshots = snapshots.clone();
+            std::thread::spawn(move || {
+                for position in [3, 9, 5] {
+                    snapshots
+                        .put_snapshot_and_wait(
+                            &format!("s{t}"),
+                            position,
+                            Arc::new(vec![t as u8; 4096 * position as usize]),
+                        )
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(dir.path().join("node.snapshots.redb").exists());
+    assert_eq!(
+        snapshots.stats().entries.load(std::sync::atomic::Ordering::Relaxed),
+        24
+    );
+    for t in 0..8u64 {
+        assert_eq!(
+            store.snapshot(&format!("s{t}")).unwrap(),
+            Some((9, vec![t as u8; 4096 * 9])),
+            "the newest stays"
+        );
+    }
+    // The journal's file holds none of it: its commits stay small.
+    assert_eq!(main_size(), main_before);
+}
+
+#[test]
+fn a_store_of_format_1_moves_its_snapshots_out_on_opening() {
+    use redb::{ReadableDatabase, TableDefinition};
+    const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+    const JOURNAL: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("journal");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    {
+        // What a host of store format 1 left: snapshots in the main file.
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("format", 1).unwrap();
+        let mut value = 7u64.to_le_bytes().to_vec();
+        value.extend_from_slice(b"old snapshot");
+        txn.open_table(SNAPSHOTS)
+            .unwrap()
+            .insert("s", &value[..])
+            .unwrap();
+        txn.open_table(JOURNAL)
+            .unwrap()
+            .insert(("s", 7), &b"e7"[..])
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    {
+        let store = open(&dir);
+        assert_eq!(
+            store.snapshot("s").unwrap(),
+            Some((7, b"old snapshot".to_vec()))
+        );
+        assert_eq!(store.journal("s", 0).unwrap(), [(7, b"e7".to_vec())]);
+    }
+    // Moved for good: the main file is of format 2 and holds no snapshot.
+    let db = redb::Database::create(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    assert_eq!(
+        txn.open_table(META)
+            .unwrap()
+            .get("format")
+            .unwrap()
+            .map(|v| v.value()),
+        Some(2)
+    );
+    assert!(txn.open_table(SNAPSHOTS).is_err());
+    drop(txn);
+    drop(db);
+    assert_eq!(
+        open(&dir).snapshot("s").unwrap(),
+        Some((7, b"old snapshot".to_vec()))
+    );
+}
+
+#[test]
+fn a_store_of_a_newer_format_is_refused_clearly() {
+    use redb::TableDefinition;
+    const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("format", 3).unwrap();
+        txn.commit().unwrap();
+    }
+    let err = RedbStore::open(&path).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("written in format 3; this host reads formats 1 to 2"),
+        "{err}"
+    );
 }
