@@ -251,6 +251,11 @@ const RECORD_WAIT: Duration = Duration::from_secs(1);
 /// Client action ids remembered per session.
 pub(crate) const ACT_MEMORY: usize = 4096;
 
+/// Sealed snapshots up to this size ride in the journal's group commits
+/// (a few 4 KiB pages more in a commit cost less than a second fsync);
+/// larger ones commit apart (see [`Node::put_snapshot`]).
+const INLINE_SNAPSHOT_BYTES: usize = 64 * 1024;
+
 /// Recent client action ids and what came of them, oldest first.
 #[derive(Default)]
 struct ActMemory {
@@ -293,8 +298,8 @@ pub struct Node {
     runtime: Runtime,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) journal: Arc<GroupCommit>,
-    /// Snapshots commit apart, so the journal's commits stay small.
-    snapshot_writer: GroupCommit<SnapshotWrite>,
+    /// Large snapshots commit apart, so the journal's commits stay small.
+    large_snapshots: GroupCommit<SnapshotWrite>,
     /// The cluster, once joined (see `cluster.rs`).
     pub(crate) mesh: OnceLock<Arc<Mesh>>,
     /// Counts the cluster's journal changes written to the store here.
@@ -387,7 +392,7 @@ impl Node {
         .map_err(|e| NodeError::Internal(e.to_string()))?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("node.redb"))?);
         let journal = Arc::new(GroupCommit::start(store.clone())?);
-        let snapshot_writer = GroupCommit::start_snapshots(store.clone())?;
+        let large_snapshots = GroupCommit::start_snapshots(store.clone())?;
         let token = match &config.operator_token {
             Some(token) => token.clone(),
             None => tokens::operator_token(&config.data_dir)?,
@@ -398,7 +403,7 @@ impl Node {
             runtime,
             store,
             journal,
-            snapshot_writer,
+            large_snapshots,
             mesh: OnceLock::new(),
             journals_written: Arc::new(watch::channel(0).0),
             modules: RwLock::new(BTreeMap::new()),
@@ -1984,26 +1989,38 @@ impl Node {
     }
 
     /// Stores a sealed snapshot of session `id` at `position` and waits
-    /// until it is durable (blocking). A node without a cluster snapshots
-    /// only positions whose entries are durable, and then drops the entries
-    /// the snapshot covers; a cluster node keeps its journals whole (they
-    /// belong to the cluster protocol, which counts every entry, and a
-    /// rebuild uses a snapshot only where the journal agrees with it).
+    /// until it is durable (blocking): a small one in the journal's next
+    /// commit, a large one in a commit of its own, so that the journal's
+    /// commits, which players wait for, never carry megabytes. A node
+    /// without a cluster snapshots only positions whose entries are
+    /// durable, and drops the entries a snapshot covers with it or after
+    /// it; a cluster node keeps its journals whole (they belong to the
+    /// cluster protocol, which counts every entry, and a rebuild uses a
+    /// snapshot only where the journal agrees with it).
     pub(crate) fn put_snapshot(
         &self,
         id: &str,
         position: u64,
         sealed: Arc<Vec<u8>>,
     ) -> Result<(), StoreError> {
-        self.snapshot_writer
-            .put_snapshot_and_wait(id, position, sealed)?;
-        if self.config.cluster.is_none() {
+        let large = sealed.len() > INLINE_SNAPSHOT_BYTES;
+        let snapshot = SnapshotWrite {
+            session: id.to_owned(),
+            position,
+            snapshot: sealed,
+        };
+        let trim = self.config.cluster.is_none().then(|| Write::TrimBefore {
+            session: id.to_owned(),
+            position,
+        });
+        if !large {
+            let writes = std::iter::once(Write::Snapshot(snapshot)).chain(trim);
+            return self.journal.submit_and_wait(writes.collect());
+        }
+        self.large_snapshots.submit_and_wait(vec![snapshot])?;
+        if let Some(trim) = trim {
             // Nothing waits for the trim: until it commits, recovery reads
             // the journal from the snapshot's position on anyway.
-            let trim = Write::TrimBefore {
-                session: id.to_owned(),
-                position,
-            };
             self.journal.submit(vec![trim], |_| {});
         }
         Ok(())

@@ -6,10 +6,10 @@ use std::thread::JoinHandle;
 
 use crate::{SnapshotWrite, Store, StoreError, Write};
 
-/// What a [`GroupCommit`] writes: the journal's [`Write`]s or
-/// [`SnapshotWrite`]s, each kind with a writer of its own, so that the
-/// commits a player's acknowledgement waits for never carry a snapshot's
-/// megabytes.
+/// What a [`GroupCommit`] writes: the journal's [`Write`]s (small
+/// snapshots among them) or large [`SnapshotWrite`]s, each kind with a
+/// writer of its own, so that the commits a player's acknowledgement waits
+/// for never carry a snapshot's megabytes.
 pub trait Batched: Send + 'static {
     /// The writer thread's name.
     const WRITER: &'static str;
@@ -194,7 +194,6 @@ impl GroupCommit<Write> {
             entry,
         }])
     }
-
 }
 
 impl GroupCommit<SnapshotWrite> {

@@ -5,14 +5,14 @@
 //! its latest snapshot and the journal of calls since, and on a cluster
 //! node the cluster protocol's own rows. The [`Store`] trait is
 //! that contract, small enough for another backend (PostgreSQL) to implement;
-//! [`RedbStore`] is the embedded one (two files, one for snapshots, no
-//! server to install).
+//! [`RedbStore`] is the embedded one (two files, one for large snapshots,
+//! no server to install).
 //!
 //! Acknowledging a player's action waits for its journal entry to be durable.
 //! [`GroupCommit`] makes that cheap: one writer thread collects every entry
 //! queued while the previous commit was in flight and commits them together,
-//! with one fsync, then acknowledges each. Snapshots have a group commit of
-//! their own, so the journal's commits stay small.
+//! with one fsync, then acknowledges each. Large snapshots have a group
+//! commit of their own, so the journal's commits stay small.
 //!
 //! # Layout
 //!
@@ -82,6 +82,9 @@ pub enum Write {
         /// The journal's length now.
         len: u64,
     },
+    /// A snapshot small enough to ride in this commit (see
+    /// [`Store::put_snapshots`] for large ones).
+    Snapshot(SnapshotWrite),
     /// The session's journal entries before `position` go: a snapshot
     /// stored at `position` covers them. Only a node without a cluster
     /// trims, and only once the snapshot is durable; a cluster node keeps
@@ -156,13 +159,12 @@ pub trait Store: Send + Sync + 'static {
     fn sessions(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 
     /// Makes every write durable, in order, in one commit: all or none.
-    /// Snapshots are not among them (see [`Store::put_snapshots`]).
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
 
-    /// Stores snapshots in one commit apart from the journal's (see
-    /// [`SnapshotWrite`]): a megabyte snapshot never sits in a commit that
-    /// a player's acknowledgement waits for. Nothing orders the two: a
-    /// node stores a snapshot at `position` only once the entries before
+    /// Stores large snapshots in one commit apart from [`Store::commit`]'s
+    /// (see [`SnapshotWrite`]): a megabyte snapshot never sits in a commit
+    /// that a player's acknowledgement waits for. Nothing orders the two:
+    /// a node stores a snapshot at `position` only once the entries before
     /// it are durable, and trims them ([`Write::TrimBefore`]) only after.
     fn put_snapshots(&self, snapshots: &[SnapshotWrite]) -> Result<(), StoreError>;
 
@@ -185,9 +187,14 @@ pub trait Store: Send + Sync + 'static {
     /// A session's journal entries from `from` on, in order.
     fn journal(&self, session: &str, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 
-    /// Stores one session's snapshot (see [`Store::put_snapshots`]); a
-    /// node writes them through a [`GroupCommit`] of its own.
-    fn put_snapshot(&self, session: &str, position: u64, snapshot: &[u8]) -> Result<(), StoreError> {
+    /// Stores one session's snapshot apart (see [`Store::put_snapshots`]);
+    /// a node writes large ones through a [`GroupCommit`] of their own.
+    fn put_snapshot(
+        &self,
+        session: &str,
+        position: u64,
+        snapshot: &[u8],
+    ) -> Result<(), StoreError> {
         self.put_snapshots(&[SnapshotWrite {
             session: session.to_owned(),
             position,
@@ -195,6 +202,6 @@ pub trait Store: Send + Sync + 'static {
         }])
     }
 
-    /// A session's latest snapshot and its position.
+    /// A session's latest snapshot, stored either way, and its position.
     fn snapshot(&self, session: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
 }

@@ -1,7 +1,9 @@
-//! The embedded store: two redb files, fsynced on every commit. Snapshots
-//! live in a file of their own (`<name>.snapshots.redb` next to the main
-//! one): redb commits one write transaction at a time per file, so a
-//! snapshot's megabytes never hold up the journal's small commits.
+//! The embedded store: two redb files, fsynced on every commit. Large
+//! snapshots live in a file of their own (`<name>.snapshots.redb` next to
+//! the main one): redb commits one write transaction at a time per file,
+//! so their megabytes never hold up the journal's small commits. Small
+//! ones ride in the journal's commits, in the main file, and cost no fsync
+//! of their own.
 
 use std::path::Path;
 
@@ -18,8 +20,7 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// (session id, position) → encoded journal entry.
 const JOURNAL: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("journal");
 /// Session id → position (8 bytes, little-endian) followed by the
-/// snapshot: in the snapshot file (and, in a main file of format 1, there
-/// too, moved out on opening).
+/// snapshot, in either file: a session's latest is the newer of the two.
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 /// The cluster protocol's rows, opaque here.
 const CLUSTER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cluster");
@@ -27,8 +28,10 @@ const CLUSTER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cluster");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The layout of the main file's tables. A host that finds a newer one
-/// refuses to open the file rather than misread it. Format 1 kept the
-/// snapshots in the main file; opening one moves them to the snapshot file.
+/// refuses to open the file rather than misread it. Format 2 added the
+/// snapshot file: a host of format 1 would not look there (and a node
+/// without a cluster trims the journal its snapshots cover), so it must
+/// refuse the store; format 1 reads as format 2 with no snapshot file yet.
 const FORMAT: u64 = 2;
 /// The layout of the snapshot file's table.
 const SNAPSHOT_FORMAT: u64 = 1;
@@ -52,8 +55,9 @@ impl RedbStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| io(format!("creating {}: {e}", dir.display())))?;
         }
-        let create =
-            |path: &Path| Database::create(path).map_err(|e| io(format!("opening {}: {e}", path.display())));
+        let create = |path: &Path| {
+            Database::create(path).map_err(|e| io(format!("opening {}: {e}", path.display())))
+        };
         let store = RedbStore {
             db: create(path)?,
             snapshots: create(&path.with_extension("snapshots.redb"))?,
@@ -61,72 +65,42 @@ impl RedbStore {
         check_format(&store.snapshots, SNAPSHOT_FORMAT, SNAPSHOT_FORMAT, |txn| {
             txn.open_table(SNAPSHOTS).map_err(io).map(drop)
         })?;
-        let found = check_format(&store.db, FORMAT, 1, |txn| {
+        check_format(&store.db, FORMAT, 1, |txn| {
             // Create every table, so reads never meet a missing one.
             txn.open_table(MODULE_NAMES).map_err(io)?;
             txn.open_table(MODULE_BYTES).map_err(io)?;
             txn.open_table(SESSIONS).map_err(io)?;
             txn.open_table(JOURNAL).map_err(io)?;
+            txn.open_table(SNAPSHOTS).map_err(io)?;
             txn.open_table(CLUSTER).map_err(io)?;
             Ok(())
         })?;
-        if found == 1 {
-            store.move_snapshots_out()?;
-        }
         Ok(store)
-    }
-
-    /// Moves a format-1 main file's snapshots to the snapshot file, then
-    /// marks the main file format 2. A crash in between moves them again
-    /// on the next opening (a newer snapshot already there stays).
-    fn move_snapshots_out(&self) -> Result<(), StoreError> {
-        let mut moved = Vec::new();
-        {
-            let txn = self.db.begin_read().map_err(io)?;
-            if let Ok(table) = txn.open_table(SNAPSHOTS) {
-                for row in table.iter().map_err(io)? {
-                    let (id, value) = row.map_err(io)?;
-                    let (position, snapshot) = split_snapshot(value.value())?;
-                    moved.push(SnapshotWrite {
-                        session: id.value().to_owned(),
-                        position,
-                        snapshot: std::sync::Arc::new(snapshot.to_vec()),
-                    });
-                }
-            }
-        }
-        self.put_snapshots(&moved)?;
-        let txn = self.db.begin_write().map_err(io)?;
-        txn.delete_table(SNAPSHOTS).map_err(io)?;
-        txn.open_table(META)
-            .map_err(io)?
-            .insert("format", FORMAT)
-            .map_err(io)?;
-        txn.commit().map_err(io)?;
-        tracing::info!(snapshots = moved.len(), "moved the store's snapshots to a file of their own (store format 1 → 2)");
-        Ok(())
     }
 }
 
-/// Checks (or, in a new file, sets) `db`'s format: `current`, or one from
-/// `oldest` on that the caller upgrades. Creates the tables with `tables`.
-/// Returns the format found.
+/// Checks `db`'s format: `current`, or one from `oldest` on, which this
+/// host reads as it is; either way the file is of `current` from now on.
+/// Creates the tables with `tables`.
 fn check_format(
     db: &Database,
     current: u64,
     oldest: u64,
     tables: impl FnOnce(&redb::WriteTransaction) -> Result<(), StoreError>,
-) -> Result<u64, StoreError> {
+) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(io)?;
-    let found = {
+    {
         let mut meta = txn.open_table(META).map_err(io)?;
         let found = meta.get("format").map_err(io)?.map(|v| v.value());
         match found {
+            Some(found) if found == current => {}
             None => {
                 meta.insert("format", current).map_err(io)?;
-                current
             }
-            Some(found) if (oldest..=current).contains(&found) => found,
+            Some(found) if (oldest..current).contains(&found) => {
+                meta.insert("format", current).map_err(io)?;
+                tracing::info!(from = found, to = current, "the store's format moved on");
+            }
             Some(other) => {
                 let reads = if oldest == current {
                     format!("format {current}")
@@ -138,10 +112,42 @@ fn check_format(
                 )));
             }
         }
-    };
+    }
     tables(&txn)?;
-    txn.commit().map_err(io)?;
-    Ok(found)
+    txn.commit().map_err(io)
+}
+
+/// Stores `write` in `table`, unless a newer snapshot is there already.
+fn put_snapshot_row(
+    table: &mut redb::Table<&str, &[u8]>,
+    write: &SnapshotWrite,
+) -> Result<(), StoreError> {
+    let stored = table
+        .get(write.session.as_str())
+        .map_err(io)?
+        .and_then(|v| v.value().get(..8)?.try_into().ok())
+        .map(u64::from_le_bytes);
+    if stored.is_some_and(|stored| stored > write.position) {
+        return Ok(());
+    }
+    let mut value = Vec::with_capacity(8 + write.snapshot.len());
+    value.extend_from_slice(&write.position.to_le_bytes());
+    value.extend_from_slice(&write.snapshot);
+    table
+        .insert(write.session.as_str(), &value[..])
+        .map_err(io)?;
+    Ok(())
+}
+
+/// `session`'s snapshot in `db`, with its position.
+fn snapshot_row(db: &Database, session: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    let txn = db.begin_read().map_err(io)?;
+    let table = txn.open_table(SNAPSHOTS).map_err(io)?;
+    let Some(value) = table.get(session).map_err(io)? else {
+        return Ok(None);
+    };
+    let (position, snapshot) = split_snapshot(value.value())?;
+    Ok(Some((position, snapshot.to_vec())))
 }
 
 /// A snapshot row's value: its position and the snapshot.
@@ -249,6 +255,7 @@ impl Store for RedbStore {
         {
             let mut journal = txn.open_table(JOURNAL).map_err(io)?;
             let mut cluster = txn.open_table(CLUSTER).map_err(io)?;
+            let mut snapshots = txn.open_table(SNAPSHOTS).map_err(io)?;
             for write in writes {
                 match write {
                     Write::Entry {
@@ -279,6 +286,7 @@ impl Store for RedbStore {
                     Write::State { key, value: None } => {
                         cluster.remove(key.as_slice()).map_err(io)?;
                     }
+                    Write::Snapshot(snapshot) => put_snapshot_row(&mut snapshots, snapshot)?,
                     Write::TrimBefore { session, position } => {
                         journal
                             .retain_in(
@@ -301,21 +309,7 @@ impl Store for RedbStore {
         {
             let mut snapshots = txn.open_table(SNAPSHOTS).map_err(io)?;
             for write in writes {
-                let stored = snapshots
-                    .get(write.session.as_str())
-                    .map_err(io)?
-                    .and_then(|v| v.value().get(..8)?.try_into().ok())
-                    .map(u64::from_le_bytes);
-                if stored.is_some_and(|stored| stored > write.position) {
-                    // A newer snapshot is already durable: keep it.
-                    continue;
-                }
-                let mut value = Vec::with_capacity(8 + write.snapshot.len());
-                value.extend_from_slice(&write.position.to_le_bytes());
-                value.extend_from_slice(&write.snapshot);
-                snapshots
-                    .insert(write.session.as_str(), &value[..])
-                    .map_err(io)?;
+                put_snapshot_row(&mut snapshots, write)?;
             }
         }
         txn.commit().map_err(io)
@@ -347,12 +341,13 @@ impl Store for RedbStore {
     }
 
     fn snapshot(&self, session: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        let txn = self.snapshots.begin_read().map_err(io)?;
-        let table = txn.open_table(SNAPSHOTS).map_err(io)?;
-        let Some(value) = table.get(session).map_err(io)? else {
-            return Ok(None);
-        };
-        let (position, snapshot) = split_snapshot(value.value())?;
-        Ok(Some((position, snapshot.to_vec())))
+        // Small snapshots are in the main file, large ones in the other:
+        // the newer is the session's latest.
+        let small = snapshot_row(&self.db, session)?;
+        let large = snapshot_row(&self.snapshots, session)?;
+        Ok(match (small, large) {
+            (Some(small), Some(large)) => Some(if large.0 > small.0 { large } else { small }),
+            (small, large) => small.or(large),
+        })
     }
 }

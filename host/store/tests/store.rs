@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use baton_store::{
-    GroupCommit, JournalWrite, ModuleHash, Published, RedbStore, Store, StoreError, Write,
+    GroupCommit, JournalWrite, ModuleHash, Published, RedbStore, SnapshotWrite, Store, StoreError,
+    Write,
 };
 
 fn open(dir: &tempfile::TempDir) -> RedbStore {
@@ -70,13 +71,19 @@ fn journals_read_back_in_order_and_snapshots_truncate_them() {
     );
     assert!(store.journal("s3", 0).unwrap().is_empty());
 
-    store.put_snapshot("s1", 6, b"snapshot at 6").unwrap();
-    assert_eq!(store.journal("s1", 0).unwrap().len(), 10, "kept until trimmed");
+    // A node without a cluster: the snapshot and the trim of what it covers.
     store
-        .commit(&[Write::TrimBefore {
-            session: "s1".into(),
-            position: 6,
-        }])
+        .commit(&[
+            Write::Snapshot(SnapshotWrite {
+                session: "s1".into(),
+                position: 6,
+                snapshot: Arc::new(b"snapshot at 6".to_vec()),
+            }),
+            Write::TrimBefore {
+                session: "s1".into(),
+                position: 6,
+            },
+        ])
         .unwrap();
     assert_eq!(
         store.snapshot("s1").unwrap(),
@@ -94,6 +101,13 @@ fn journals_read_back_in_order_and_snapshots_truncate_them() {
     );
     // An older snapshot never replaces a newer one.
     store.put_snapshot("s1", 3, b"stale").unwrap();
+    store
+        .commit(&[Write::Snapshot(SnapshotWrite {
+            session: "s1".into(),
+            position: 3,
+            snapshot: Arc::new(b"stale".to_vec()),
+        })])
+        .unwrap();
     assert_eq!(store.snapshot("s1").unwrap().unwrap().0, 6);
 }
 
@@ -325,10 +339,14 @@ fn acknowledged_entries_survive_kill_9() {
 }
 
 #[test]
-fn snapshots_commit_in_a_file_of_their_own_with_a_writer_of_their_own() {
+fn large_snapshots_commit_in_a_file_of_their_own_and_reads_take_the_newer_of_both() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(open(&dir));
-    let main_size = || std::fs::metadata(dir.path().join("node.redb")).unwrap().len();
+    let main_size = || {
+        std::fs::metadata(dir.path().join("node.redb"))
+            .unwrap()
+            .len()
+    };
     let main_before = main_size();
     let snapshots = Arc::new(GroupCommit::start_snapshots(store.clone()).unwrap());
     let threads: Vec<_> = (0..8u64)
@@ -352,7 +370,10 @@ fn snapshots_commit_in_a_file_of_their_own_with_a_writer_of_their_own() {
     }
     assert!(dir.path().join("node.snapshots.redb").exists());
     assert_eq!(
-        snapshots.stats().entries.load(std::sync::atomic::Ordering::Relaxed),
+        snapshots
+            .stats()
+            .entries
+            .load(std::sync::atomic::Ordering::Relaxed),
         24
     );
     for t in 0..8u64 {
@@ -364,10 +385,25 @@ fn snapshots_commit_in_a_file_of_their_own_with_a_writer_of_their_own() {
     }
     // The journal's file holds none of it: its commits stay small.
     assert_eq!(main_size(), main_before);
+    // Small snapshots ride in the journal's commits; a read takes the
+    // newer of the two files' snapshots.
+    let small = |session: &str, position| {
+        Write::Snapshot(SnapshotWrite {
+            session: session.into(),
+            position,
+            snapshot: Arc::new(format!("small at {position}").into_bytes()),
+        })
+    };
+    store.commit(&[small("s0", 7), small("s1", 12)]).unwrap();
+    assert_eq!(store.snapshot("s0").unwrap().unwrap().0, 9);
+    assert_eq!(
+        store.snapshot("s1").unwrap(),
+        Some((12, b"small at 12".to_vec()))
+    );
 }
 
 #[test]
-fn a_store_of_format_1_moves_its_snapshots_out_on_opening() {
+fn a_store_of_format_1_opens_as_format_2() {
     use redb::{ReadableDatabase, TableDefinition};
     const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
     const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
@@ -375,7 +411,7 @@ fn a_store_of_format_1_moves_its_snapshots_out_on_opening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("node.redb");
     {
-        // What a host of store format 1 left: snapshots in the main file.
+        // What a host of store format 1 left: one file, snapshots in it.
         let db = redb::Database::create(&path).unwrap();
         let txn = db.begin_write().unwrap();
         txn.open_table(META).unwrap().insert("format", 1).unwrap();
@@ -398,24 +434,19 @@ fn a_store_of_format_1_moves_its_snapshots_out_on_opening() {
             Some((7, b"old snapshot".to_vec()))
         );
         assert_eq!(store.journal("s", 0).unwrap(), [(7, b"e7".to_vec())]);
+        store.put_snapshot("s", 9, b"large at 9").unwrap();
     }
-    // Moved for good: the main file is of format 2 and holds no snapshot.
-    let db = redb::Database::create(&path).unwrap();
-    let txn = db.begin_read().unwrap();
-    assert_eq!(
-        txn.open_table(META)
-            .unwrap()
-            .get("format")
-            .unwrap()
-            .map(|v| v.value()),
-        Some(2)
-    );
-    assert!(txn.open_table(SNAPSHOTS).is_err());
-    drop(txn);
-    drop(db);
+    // Format 2 from now on: a host of format 1 would miss the snapshot
+    // file, so it must refuse the store.
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let format = txn.open_table(META).unwrap().get("format").unwrap();
+        assert_eq!(format.map(|v| v.value()), Some(2));
+    }
     assert_eq!(
         open(&dir).snapshot("s").unwrap(),
-        Some((7, b"old snapshot".to_vec()))
+        Some((9, b"large at 9".to_vec()))
     );
 }
 
