@@ -138,3 +138,27 @@ fn failures_between_checkpoints_roll_back_through_the_journal() {
     assert_eq!(s.state_digest().unwrap(), before);
     assert_eq!(s.since_checkpoint().len(), 20);
 }
+
+#[test]
+fn a_digest_right_after_a_capture_uses_its_hashes_and_equals_a_full_pass() {
+    let mut s = session(small());
+    let image = s.snapshot().unwrap();
+    // No call since the capture: the digest comes from its page hashes.
+    let after_capture = s.state_digest().unwrap();
+    // A restored copy has never been captured: its digest reads memory.
+    let mut restored =
+        Session::restore_image(misbehave(), small(), std::sync::Arc::new(image)).unwrap();
+    assert_eq!(restored.state_digest().unwrap(), after_capture);
+    // A contained failure after the capture leaves the same bytes.
+    s.act("p", r#""panic""#, 3).expect_err("the call traps");
+    assert_eq!(s.state_digest().unwrap(), after_capture);
+    // A call after the capture is seen.
+    s.act("p", r#"{"add": 1}"#, 4).unwrap().unwrap();
+    restored.act("p", r#"{"add": 1}"#, 4).unwrap().unwrap();
+    let moved = s.state_digest().unwrap();
+    assert_ne!(moved, after_capture);
+    assert_eq!(moved, restored.state_digest().unwrap());
+    // And so is a capture after that call.
+    s.delta().unwrap();
+    assert_eq!(s.state_digest().unwrap(), moved);
+}
