@@ -2063,19 +2063,22 @@ impl ClusterNode {
     fn due(&self, now: u64) -> Vec<String> {
         // Per replica name (a handful), whether it is leaving.
         let mut leaving: BTreeMap<&str, bool> = BTreeMap::new();
+        // Owners waiting for a move slot: as many as are free (none frees
+        // up within the tick), not all of them: a draining node would
+        // otherwise visit every session it still owns on every tick.
+        let mut free = self.config.max_moves.saturating_sub(self.moves_started);
         let mut due = Vec::new();
         for (session, role) in &self.roles {
             let is_due = match role {
-                // One waiting for a free move slot has nothing to do
-                // while none is free (none frees up within the tick).
+                Role::Owner(o) if self.renew_due(o, now) || o.moving.is_some() => true,
                 Role::Owner(o) => {
-                    self.renew_due(o, now)
-                        || o.moving.is_some()
-                        || (self.moves_started < self.config.max_moves
-                            && (self.draining.is_some()
-                                || *leaving
-                                    .entry(&o.replica)
-                                    .or_insert_with(|| self.replica_leaving(&o.replica))))
+                    let waiting = free > 0
+                        && (self.draining.is_some()
+                            || *leaving
+                                .entry(&o.replica)
+                                .or_insert_with(|| self.replica_leaving(&o.replica)));
+                    free -= usize::from(waiting);
+                    waiting
                 }
                 Role::Replica { promise_until, .. } => {
                     now > *promise_until
