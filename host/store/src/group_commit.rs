@@ -197,24 +197,11 @@ impl GroupCommit<Write> {
 }
 
 impl GroupCommit<SnapshotWrite> {
-    /// Starts the snapshots' writer thread over `store`.
+    /// Starts the large snapshots' writer thread over `store`; each
+    /// [`GroupCommit::submit`] there is stored in one commit with the
+    /// others queued alongside.
     pub fn start_snapshots(store: Arc<dyn Store>) -> Result<Self, StoreError> {
         Self::spawn(store)
-    }
-
-    /// Stores a session's snapshot (see [`SnapshotWrite`]) and waits
-    /// until it is durable, in one commit with the others queued alongside.
-    pub fn put_snapshot_and_wait(
-        &self,
-        session: &str,
-        position: u64,
-        snapshot: Arc<Vec<u8>>,
-    ) -> Result<(), StoreError> {
-        self.submit_and_wait(vec![SnapshotWrite {
-            session: session.to_owned(),
-            position,
-            snapshot,
-        }])
     }
 }
 

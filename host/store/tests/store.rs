@@ -354,13 +354,12 @@ fn large_snapshots_commit_in_a_file_of_their_own_and_reads_take_the_newer_of_bot
             let snapshots = snapshots.clone();
             std::thread::spawn(move || {
                 for position in [3, 9, 5] {
-                    snapshots
-                        .put_snapshot_and_wait(
-                            &format!("s{t}"),
-                            position,
-                            Arc::new(vec![t as u8; 4096 * position as usize]),
-                        )
-                        .unwrap();
+                    let snapshot = SnapshotWrite {
+                        session: format!("s{t}"),
+                        position,
+                        snapshot: Arc::new(vec![t as u8; 4096 * position as usize]),
+                    };
+                    snapshots.submit_and_wait(vec![snapshot]).unwrap();
                 }
             })
         })
