@@ -970,15 +970,22 @@ impl Session {
         }
     }
 
+    /// One capture pass over the live instance (see `Live::capture`); its
+    /// page hashes are this instance's until the next call.
+    fn capture(&mut self, full: bool) -> Result<Captured, CallError> {
+        self.live()?;
+        let captured = self.live.capture(&self.module, &mut self.hashes, full)?;
+        self.read_at = Some(self.position);
+        Ok(captured)
+    }
+
     /// Captures the full state: every page that differs from the fresh
     /// instance. Also the new baseline for [`Session::delta`].
     pub fn snapshot(&mut self) -> Result<Image, CallError> {
-        self.live()?;
         let Captured {
             images, globals, ..
-        } = self.live.capture(&self.module, &mut self.hashes, true)?;
+        } = self.capture(true)?;
         self.captured_at = self.position;
-        self.read_at = Some(self.position);
         Ok(Image {
             module: self.module.hash(),
             position: self.position,
@@ -990,12 +997,10 @@ impl Session {
 
     /// Captures the pages changed since the last capture.
     pub fn delta(&mut self) -> Result<Delta, CallError> {
-        self.live()?;
         let Captured {
             deltas, globals, ..
-        } = self.live.capture(&self.module, &mut self.hashes, false)?;
+        } = self.capture(false)?;
         let base = std::mem::replace(&mut self.captured_at, self.position);
-        self.read_at = Some(self.position);
         Ok(Delta {
             module: self.module.hash(),
             base,
@@ -1023,14 +1028,12 @@ impl Session {
     /// changed since the previous capture: what a replica that holds that
     /// capture needs to reach this one.
     pub fn checkpoint_with_delta(&mut self) -> Result<(Arc<Image>, Delta), CallError> {
-        self.live()?;
         let Captured {
             images,
             deltas,
             globals,
-        } = self.live.capture(&self.module, &mut self.hashes, true)?;
+        } = self.capture(true)?;
         let base = std::mem::replace(&mut self.captured_at, self.position);
-        self.read_at = Some(self.position);
         let delta = Delta {
             module: self.module.hash(),
             base,
