@@ -13,7 +13,7 @@
 //!    target a [`FenceNote`]. A call that ran just after the fence (the
 //!    core refused to journal it) left the instance a step ahead; the
 //!    hash is then the one the owner took before that call (it hashes
-//!    before each call while a handoff is under way).
+//!    before each call once the target is warm).
 //! 3. **Arrival** (on the target): the hash after restore, the note, and the
 //!    time from the fence to the first action applied here (the cutover)
 //!    make the session's [`Arrival`], reported with the session.
@@ -49,6 +49,14 @@ pub(crate) struct Standby {
     pub(crate) meta: SnapshotMeta,
     pub(crate) session: baton_runtime::Session,
     since: Instant,
+}
+
+impl Standby {
+    /// Whether the journal still agrees with the standby: `before` is the
+    /// entry just before its position.
+    pub(crate) fn fits(&self, before: Option<&baton_cluster::node::JournalEntry>) -> bool {
+        snapshots::agrees(&self.meta, before)
+    }
 }
 
 /// Most standbys a node holds (each is an instance and its memory); warm
@@ -158,6 +166,12 @@ pub(crate) async fn warm(node: Arc<Node>, id: String, module: String, to: NodeId
         Err(e) => {
             tracing::warn!(session = %id, target = %to.name, error = %e, "could not warm the handoff target; it will replay the journal");
         }
+    }
+    if let Ok(cell) = node.cell_by_id(&id) {
+        // Before the core hears of it: a call that starts after this
+        // keeps the hash the fence may need.
+        cell.fence_near
+            .store(true, std::sync::atomic::Ordering::Release);
     }
     if let Some(mesh) = node.mesh.get() {
         mesh.warmed(&id, to).await;
@@ -361,6 +375,8 @@ impl Node {
         if let Ok(cell) = self.cell_by_id(id) {
             tracing::info!(session = %id, "the handoff was called off; the session stays here");
             cell.leaving
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            cell.fence_near
                 .store(false, std::sync::atomic::Ordering::Relaxed);
             // Always told: a join may wait on a fence the host never saw.
             cell.moved.send_replace(crate::node::Location::Here);

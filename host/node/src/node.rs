@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, Notify, broadcast, oneshot, watch};
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
-use crate::snapshots::{self, Capture, Shipper, SnapshotMeta, Tail};
+use crate::snapshots::{self, Capture, Shipper, SnapshotMeta};
 use crate::tokens;
 
 /// The events one journaled call produced: pushed to clients under the
@@ -191,9 +191,14 @@ pub(crate) struct SessionCell {
     /// Taken over here and no action applied yet: the next one ends the
     /// cutover (see `handoff`).
     arriving: AtomicBool,
-    /// Being handed off: the target got a warm snapshot, and background
+    /// Being handed off: the target gets a warm snapshot, and background
     /// snapshots here would only load the disk its players wait on.
     pub(crate) leaving: AtomicBool,
+    /// The target is warm: the core may fence at any moment, so each call
+    /// first hashes the state (see [`SessionState::digest_before`]).
+    /// Not while the warm snapshot is on its way: for a large session
+    /// that would read all its memory on every call for no gain.
+    pub(crate) fence_near: AtomicBool,
     /// Bumped when the session went back to an earlier state (an upgrade
     /// rolled back): its players' connections resync.
     pub(crate) resets: watch::Sender<u64>,
@@ -510,6 +515,7 @@ impl Node {
             shipper: Arc::default(),
             arriving: AtomicBool::new(false),
             leaving: AtomicBool::new(false),
+            fence_near: AtomicBool::new(false),
             resets: watch::channel(0).0,
             origin,
         })
@@ -1122,9 +1128,9 @@ impl Node {
         let on = cell.clone();
         let (mut state, result, back) = tokio::task::spawn_blocking(move || {
             let mut state = state;
-            let leaving = on.leaving.load(Ordering::Relaxed);
+            let fence_near = on.fence_near.load(Ordering::Acquire);
             let result = node.wake(&on, &mut state).and_then(|()| {
-                if leaving {
+                if fence_near {
                     Self::note_digest_before(&mut state);
                 }
                 node.apply(&mut state, call, now_ms())
@@ -1249,29 +1255,38 @@ impl Node {
             .map_err(|e| NodeError::Internal(e.to_string()))
     }
 
-    /// Rebuilds a session from this node's copy of its cluster journal:
-    /// from `standby` (restored ahead of a handoff) or else the replica
-    /// snapshot stored here, if the journal agrees with it (else from the
-    /// start), then the entries after it. Returns the session and the
-    /// snapshot position it started from.
+    /// Rebuilds a session from this node's copy of its cluster journal,
+    /// `(start, entries)`, the entries from position `start` on: from
+    /// `standby` (restored ahead of a handoff) or else the replica snapshot
+    /// stored here, if the journal agrees with it (else from the start),
+    /// then the entries after it. Returns the session and the snapshot
+    /// position it started from.
     fn rebuild(
         &self,
         cell: &SessionCell,
         state: &mut SessionState,
-        journal: Vec<baton_cluster::node::JournalEntry>,
+        (start, journal): (u64, Vec<baton_cluster::node::JournalEntry>),
         standby: Option<crate::handoff::Standby>,
     ) -> Result<(Session, u64), NodeError> {
+        let at = |position: u64| {
+            position
+                .checked_sub(start)
+                .and_then(|i| journal.get(i as usize))
+        };
         let (mut session, from) = self.restore_stored(cell, state, standby, |position, meta| {
-            let before = position
-                .checked_sub(1)
-                .and_then(|b| journal.get(b as usize));
-            matches!((before, &meta.tail), (Some(entry), Some(tail)) if Tail::of(entry) == *tail)
+            snapshots::agrees(meta, position.checked_sub(1).and_then(at))
         })?;
+        if from < start {
+            return Err(NodeError::Internal(format!(
+                "the journal of {} from {start} on does not reach back to {from}",
+                cell.record.id
+            )));
+        }
         let entries = journal
             .into_iter()
-            .enumerate()
-            .skip(from as usize)
-            .map(|(i, e)| (i as u64, e.action));
+            .zip(start..)
+            .skip((from - start) as usize)
+            .map(|(e, position)| (position, e.action));
         self.replay(&cell.record.id, &mut session, state, entries)?;
         state.position = session.position();
         Ok((session, from))
@@ -1431,13 +1446,22 @@ impl Node {
             .record(id)
             .await
             .ok_or_else(|| NodeError::Internal(format!("no record of {id}")))?;
-        let journal = mesh.journal(id, 0).await;
+        // A handoff's standby needs only the entries after it (and the one
+        // before, to check that it agrees with them), not the history.
+        let mut standby = self.take_standby(id);
+        let mut start = standby.as_ref().map_or(0, |s| s.position.saturating_sub(1));
+        let mut journal = mesh.journal(id, start).await;
+        if start > 0 && !standby.as_ref().is_some_and(|s| s.fits(journal.first())) {
+            (standby, start) = (None, 0);
+            journal = mesh.journal(id, 0).await;
+        }
         if journal.is_empty() {
             // Created but never started: its creator runs the start.
             return Ok(());
         }
         let meta = SessionRecord::from_cluster(id, &record)?;
-        // The module it started on, and every one an upgrade moved it to.
+        // The module it started on, and every one an upgrade moved it to
+        // (since the standby, which runs one of them already).
         let switched =
             journal
                 .iter()
@@ -1456,12 +1480,12 @@ impl Node {
         let state = cell.state.clone().lock_owned().await;
         let node = self.clone();
         let rebuilt = cell.clone();
-        let standby = self.take_standby(id);
         let (state, rebuilt) = tokio::task::spawn_blocking(move || {
             let mut state = state;
             let result = (|| {
                 let started = Instant::now();
-                let (mut session, from) = node.rebuild(&rebuilt, &mut state, journal, standby)?;
+                let (mut session, from) =
+                    node.rebuild(&rebuilt, &mut state, (start, journal), standby)?;
                 let replayed = started.elapsed();
                 let digest = session.state_digest().map_err(NodeError::from_call)?;
                 tracing::debug!(session = %rebuilt.record.id, ?replayed, hashed = ?started.elapsed() - replayed, "rebuilt");
@@ -1662,7 +1686,7 @@ impl Node {
                     // A throwaway copy: the live bookkeeping stays as it is.
                     let copy = node.cell(cell.record.clone(), cell.origin.clone());
                     let mut scratch = copy.state.blocking_lock();
-                    let (mut session, _) = node.rebuild(&copy, &mut scratch, journal, None)?;
+                    let (mut session, _) = node.rebuild(&copy, &mut scratch, (0, journal), None)?;
                     Some(session.state_digest())
                 }
             };
@@ -1695,7 +1719,7 @@ impl Node {
         let node = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut state = cell.state.blocking_lock();
-            let (mut session, snapshot) = node.rebuild(&cell, &mut state, journal, None)?;
+            let (mut session, snapshot) = node.rebuild(&cell, &mut state, (0, journal), None)?;
             let digest = session.state_digest().map_err(NodeError::from_call)?;
             Ok(ReplicaState {
                 owner: record.owner.name.clone(),

@@ -88,6 +88,15 @@ impl Tail {
     }
 }
 
+/// Whether a snapshot with `meta` follows `before`, the journal entry just
+/// before its position in this node's copy of the journal.
+pub(crate) fn agrees(
+    meta: &SnapshotMeta,
+    before: Option<&baton_cluster::node::JournalEntry>,
+) -> bool {
+    matches!((before, &meta.tail), (Some(entry), Some(tail)) if Tail::of(entry) == *tail)
+}
+
 /// `[meta length u32 LE][meta JSON][snapshot]`: one value in the store, so
 /// the two can never disagree.
 pub(crate) fn seal(meta: &[u8], snapshot: &[u8]) -> Vec<u8> {
