@@ -288,6 +288,21 @@ fn snapshot_figures(
         "from a decoded image",
     );
     row(
+        &format!("{name}: restore + state digest"),
+        &time(300, |_| {
+            let mut restored =
+                Session::restore_image(module.clone(), Limits::default(), shared.clone())
+                    .expect("restore");
+            restored.state_digest().expect("digest")
+        }),
+        "the takeover's hash after a restore",
+    );
+    row(
+        &format!("{name}: state digest"),
+        &time(300, |_| session.state_digest().expect("digest")),
+        "after a call: every page read and hashed",
+    );
+    row(
         &format!("{name}: decode + restore"),
         &time(300, |_| {
             Session::restore(module.clone(), Limits::default(), &encoded).expect("restore")
