@@ -5,8 +5,8 @@
 //! its latest snapshot and the journal of calls since, and on a cluster
 //! node the cluster protocol's own rows. The [`Store`] trait is
 //! that contract, small enough for another backend (PostgreSQL) to implement;
-//! [`RedbStore`] is the embedded one (two files, one for large snapshots,
-//! no server to install).
+//! [`RedbStore`] is the embedded one (a redb file and a file per large
+//! snapshot, no server to install).
 //!
 //! Acknowledging a player's action waits for its journal entry to be durable.
 //! [`GroupCommit`] makes that cheap: one writer thread collects every entry
@@ -18,7 +18,7 @@
 //!
 //! - [`Store`], [`StoreError`], [`Published`], [`Write`], [`SnapshotWrite`],
 //!   [`JournalWrite`]: the contract.
-//! - `redb_store`: [`RedbStore`].
+//! - `redb_store`: [`RedbStore`]; `snapshot_files`: its large snapshots.
 //! - `group_commit`: [`GroupCommit`], one per kind of write ([`Batched`]),
 //!   and its [`CommitStats`].
 #![warn(missing_docs)]
@@ -26,6 +26,7 @@
 
 mod group_commit;
 mod redb_store;
+mod snapshot_files;
 
 pub use baton_snapshot::ModuleHash;
 pub use group_commit::{Batched, CommitStats, GroupCommit};
@@ -161,9 +162,10 @@ pub trait Store: Send + Sync + 'static {
     /// Makes every write durable, in order, in one commit: all or none.
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
 
-    /// Stores large snapshots in one commit apart from [`Store::commit`]'s
-    /// (see [`SnapshotWrite`]): a megabyte snapshot never sits in a commit
-    /// that a player's acknowledgement waits for. Nothing orders the two:
+    /// Stores large snapshots apart from [`Store::commit`]'s writes (see
+    /// [`SnapshotWrite`]), each one whole or not at all, all durable on
+    /// return: a megabyte snapshot never sits in a commit that a player's
+    /// acknowledgement waits for. Nothing orders the two:
     /// a node stores a snapshot at `position` only once the entries before
     /// it are durable, and trims them ([`Write::TrimBefore`]) only after.
     fn put_snapshots(&self, snapshots: &[SnapshotWrite]) -> Result<(), StoreError>;

@@ -1,14 +1,14 @@
-//! The embedded store: two redb files, fsynced on every commit. Large
-//! snapshots live in a file of their own (`<name>.snapshots.redb` next to
-//! the main one): redb commits one write transaction at a time per file,
-//! so their megabytes never hold up the journal's small commits. Small
-//! ones ride in the journal's commits, in the main file, and cost no fsync
-//! of their own.
+//! The embedded store: a redb file, fsynced on every commit, and a
+//! directory of large snapshots beside it (`node.redb` →
+//! `node.snapshots/`, see [`SnapshotFiles`]): their megabytes never hold up
+//! the journal's small commits. Small snapshots ride in the journal's
+//! commits, in the redb file, and cost no fsync of their own.
 
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::snapshot_files::SnapshotFiles;
 use crate::{ModuleHash, Published, SnapshotWrite, StateRow, Store, StoreError, Write};
 
 /// `name@version` → module hash.
@@ -20,52 +20,44 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// (session id, position) → encoded journal entry.
 const JOURNAL: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("journal");
 /// Session id → position (8 bytes, little-endian) followed by the
-/// snapshot, in either file: a session's latest is the newer of the two.
+/// snapshot: small snapshots here, large ones in their files; a session's
+/// latest is the newer of the two.
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 /// The cluster protocol's rows, opaque here.
 const CLUSTER: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cluster");
 /// Store-wide facts: the format version.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// The layout of the main file's tables. A host that finds a newer one
-/// refuses to open the file rather than misread it. Format 2 added the
-/// snapshot file: a host of format 1 would not look there (and a node
-/// without a cluster trims the journal its snapshots cover), so it must
-/// refuse the store; format 1 reads as format 2 with no snapshot file yet.
-const FORMAT: u64 = 2;
-/// The layout of the snapshot file's table.
-const SNAPSHOT_FORMAT: u64 = 1;
+/// The store's layout. A host that finds a newer one refuses to open the
+/// store rather than misread it. Format 2 put large snapshots in a second
+/// redb file, format 3 in a directory of files: a host of an older format
+/// would not look there (and a node without a cluster trims the journal
+/// its snapshots cover), so it must refuse the store. Formats 1 and 2 open
+/// as format 3: format 2's snapshot file moves into the directory.
+const FORMAT: u64 = 3;
 
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-/// A [`Store`] in two redb files: the main one and the snapshots'.
+/// A [`Store`] in a redb file and a directory of snapshot files.
 #[derive(Debug)]
 pub struct RedbStore {
     db: Database,
-    snapshots: Database,
+    snapshots: SnapshotFiles,
 }
 
 impl RedbStore {
-    /// Opens (or creates) the store at `path`, with its snapshot file
-    /// beside it (`node.redb` → `node.snapshots.redb`).
+    /// Opens (or creates) the store at `path`, with its snapshot directory
+    /// beside it (`node.redb` → `node.snapshots/`).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| io(format!("creating {}: {e}", dir.display())))?;
         }
-        let create = |path: &Path| {
-            Database::create(path).map_err(|e| io(format!("opening {}: {e}", path.display())))
-        };
-        let store = RedbStore {
-            db: create(path)?,
-            snapshots: create(&path.with_extension("snapshots.redb"))?,
-        };
-        check_format(&store.snapshots, SNAPSHOT_FORMAT, SNAPSHOT_FORMAT, |txn| {
-            txn.open_table(SNAPSHOTS).map_err(io).map(drop)
-        })?;
-        check_format(&store.db, FORMAT, 1, |txn| {
+        let db =
+            Database::create(path).map_err(|e| io(format!("opening {}: {e}", path.display())))?;
+        check_format(&db, FORMAT, 1, |txn| {
             // Create every table, so reads never meet a missing one.
             txn.open_table(MODULE_NAMES).map_err(io)?;
             txn.open_table(MODULE_BYTES).map_err(io)?;
@@ -75,8 +67,45 @@ impl RedbStore {
             txn.open_table(CLUSTER).map_err(io)?;
             Ok(())
         })?;
-        Ok(store)
+        let snapshots = SnapshotFiles::open(path.with_extension("snapshots"))?;
+        move_format_2_snapshots(&path.with_extension("snapshots.redb"), &snapshots)?;
+        Ok(RedbStore { db, snapshots })
     }
+}
+
+/// Moves the snapshots of format 2's second redb file, if there is one,
+/// into their files, then removes it (again on the next open, if a crash
+/// came first: a snapshot is stored only over an older one).
+fn move_format_2_snapshots(legacy: &Path, files: &SnapshotFiles) -> Result<(), StoreError> {
+    if !legacy.exists() {
+        return Ok(());
+    }
+    let db =
+        Database::open(legacy).map_err(|e| io(format!("opening {}: {e}", legacy.display())))?;
+    let mut writes = Vec::new();
+    {
+        let txn = db.begin_read().map_err(io)?;
+        match txn.open_table(SNAPSHOTS) {
+            Ok(table) => {
+                for row in table.iter().map_err(io)? {
+                    let (session, value) = row.map_err(io)?;
+                    let (position, snapshot) = split_snapshot(value.value())?;
+                    writes.push(SnapshotWrite {
+                        session: session.value().to_owned(),
+                        position,
+                        snapshot: std::sync::Arc::new(snapshot.to_vec()),
+                    });
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    files.put(&writes)?;
+    drop(db);
+    std::fs::remove_file(legacy).map_err(|e| io(format!("removing {}: {e}", legacy.display())))?;
+    tracing::info!(snapshots = writes.len(), from = %legacy.display(), "moved large snapshots into their files");
+    Ok(())
 }
 
 /// Checks `db`'s format: `current`, or one from `oldest` on, which this
@@ -302,17 +331,7 @@ impl Store for RedbStore {
     }
 
     fn put_snapshots(&self, writes: &[SnapshotWrite]) -> Result<(), StoreError> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        let txn = self.snapshots.begin_write().map_err(io)?;
-        {
-            let mut snapshots = txn.open_table(SNAPSHOTS).map_err(io)?;
-            for write in writes {
-                put_snapshot_row(&mut snapshots, write)?;
-            }
-        }
-        txn.commit().map_err(io)
+        self.snapshots.put(writes)
     }
 
     fn state(&self) -> Result<Vec<StateRow>, StoreError> {
@@ -341,10 +360,10 @@ impl Store for RedbStore {
     }
 
     fn snapshot(&self, session: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        // Small snapshots are in the main file, large ones in the other:
+        // Small snapshots are in the redb file, large ones in their own:
         // the newer is the session's latest.
         let small = snapshot_row(&self.db, session)?;
-        let large = snapshot_row(&self.snapshots, session)?;
+        let large = self.snapshots.get(session)?;
         Ok(match (small, large) {
             (Some(small), Some(large)) => Some(if large.0 > small.0 { large } else { small }),
             (small, large) => small.or(large),

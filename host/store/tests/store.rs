@@ -339,7 +339,7 @@ fn acknowledged_entries_survive_kill_9() {
 }
 
 #[test]
-fn large_snapshots_commit_in_a_file_of_their_own_and_reads_take_the_newer_of_both() {
+fn large_snapshots_are_files_of_their_own_and_reads_take_the_newer_of_both() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(open(&dir));
     let main_size = || {
@@ -367,7 +367,7 @@ fn large_snapshots_commit_in_a_file_of_their_own_and_reads_take_the_newer_of_bot
     for t in threads {
         t.join().unwrap();
     }
-    assert!(dir.path().join("node.snapshots.redb").exists());
+    assert!(dir.path().join("node.snapshots/s0.snap").exists());
     assert_eq!(
         snapshots
             .stats()
@@ -402,8 +402,8 @@ fn large_snapshots_commit_in_a_file_of_their_own_and_reads_take_the_newer_of_bot
 }
 
 #[test]
-fn a_store_of_format_1_opens_as_format_2() {
-    use redb::{ReadableDatabase, TableDefinition};
+fn a_store_of_format_1_opens_as_format_3() {
+    use redb::TableDefinition;
     const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
     const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
     const JOURNAL: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("journal");
@@ -435,18 +435,125 @@ fn a_store_of_format_1_opens_as_format_2() {
         assert_eq!(store.journal("s", 0).unwrap(), [(7, b"e7".to_vec())]);
         store.put_snapshot("s", 9, b"large at 9").unwrap();
     }
-    // Format 2 from now on: a host of format 1 would miss the snapshot
-    // file, so it must refuse the store.
-    {
-        let db = redb::Database::create(&path).unwrap();
-        let txn = db.begin_read().unwrap();
-        let format = txn.open_table(META).unwrap().get("format").unwrap();
-        assert_eq!(format.map(|v| v.value()), Some(2));
-    }
+    // Format 3 from now on: a host of format 1 would miss the snapshot
+    // files, so it must refuse the store.
+    assert_eq!(format_of(&path), Some(3));
     assert_eq!(
         open(&dir).snapshot("s").unwrap(),
         Some((9, b"large at 9".to_vec()))
     );
+}
+
+fn format_of(path: &std::path::Path) -> Option<u64> {
+    use redb::{ReadableDatabase, TableDefinition};
+    const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    let db = redb::Database::create(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let format = txn.open_table(META).unwrap().get("format").unwrap();
+    format.map(|v| v.value())
+}
+
+#[test]
+fn a_store_of_format_2_moves_its_snapshot_file_into_snapshot_files() {
+    use redb::TableDefinition;
+    const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+    const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.redb");
+    let legacy = dir.path().join("node.snapshots.redb");
+    let row = |position: u64, snapshot: &[u8]| {
+        let mut value = position.to_le_bytes().to_vec();
+        value.extend_from_slice(snapshot);
+        value
+    };
+    {
+        // What a host of store format 2 left: large snapshots in a second
+        // redb file, small ones in the main one.
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("format", 2).unwrap();
+        let mut snapshots = txn.open_table(SNAPSHOTS).unwrap();
+        snapshots.insert("small", &row(4, b"small")[..]).unwrap();
+        snapshots
+            .insert("both", &row(3, b"older, small")[..])
+            .unwrap();
+        drop(snapshots);
+        txn.commit().unwrap();
+        let db = redb::Database::create(&legacy).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("format", 1).unwrap();
+        let mut snapshots = txn.open_table(SNAPSHOTS).unwrap();
+        snapshots.insert("large", &row(8, b"large")[..]).unwrap();
+        snapshots
+            .insert("both", &row(5, b"newer, large")[..])
+            .unwrap();
+        snapshots.insert("odd/id ..", &row(6, b"odd")[..]).unwrap();
+        drop(snapshots);
+        txn.commit().unwrap();
+    }
+    {
+        let store = open(&dir);
+        assert!(!legacy.exists(), "format 2's snapshot file is gone");
+        assert_eq!(
+            store.snapshot("small").unwrap(),
+            Some((4, b"small".to_vec()))
+        );
+        assert_eq!(
+            store.snapshot("large").unwrap(),
+            Some((8, b"large".to_vec()))
+        );
+        assert_eq!(
+            store.snapshot("both").unwrap(),
+            Some((5, b"newer, large".to_vec()))
+        );
+        assert_eq!(
+            store.snapshot("odd/id ..").unwrap(),
+            Some((6, b"odd".to_vec()))
+        );
+    }
+    assert_eq!(format_of(&path), Some(3));
+    assert!(
+        dir.path()
+            .join("node.snapshots/odd%2Fid%20%2E%2E.snap")
+            .exists()
+    );
+    assert_eq!(
+        open(&dir).snapshot("large").unwrap(),
+        Some((8, b"large".to_vec()))
+    );
+}
+
+#[test]
+fn a_snapshot_file_cut_short_by_a_crash_leaves_the_one_before() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir);
+        store.put_snapshot("s", 3, b"at 3").unwrap();
+        // Two ids that escape alike would share a file: they do not.
+        store.put_snapshot("a%2F", 1, b"percent").unwrap();
+        store.put_snapshot("a/", 2, b"slash").unwrap();
+    }
+    let files = dir.path().join("node.snapshots");
+    // A crash in the middle of writing the next one.
+    std::fs::write(files.join("s.tmp"), b"\x05\0\0").unwrap();
+    let store = open(&dir);
+    assert!(
+        !files.join("s.tmp").exists(),
+        "the half-written file is cleared"
+    );
+    assert_eq!(store.snapshot("s").unwrap(), Some((3, b"at 3".to_vec())));
+    assert_eq!(
+        store.snapshot("a%2F").unwrap(),
+        Some((1, b"percent".to_vec()))
+    );
+    assert_eq!(store.snapshot("a/").unwrap(), Some((2, b"slash".to_vec())));
+    // An older one never replaces a newer one.
+    store.put_snapshot("s", 2, b"at 2").unwrap();
+    assert_eq!(store.snapshot("s").unwrap(), Some((3, b"at 3".to_vec())));
+    // A file damaged by other means is an error that names it.
+    std::fs::write(files.join("s.snap"), b"\x05").unwrap();
+    let err = store.snapshot("s").unwrap_err();
+    assert!(err.to_string().contains("s.snap is damaged"), "{err}");
 }
 
 #[test]
@@ -458,13 +565,13 @@ fn a_store_of_a_newer_format_is_refused_clearly() {
     {
         let db = redb::Database::create(&path).unwrap();
         let txn = db.begin_write().unwrap();
-        txn.open_table(META).unwrap().insert("format", 3).unwrap();
+        txn.open_table(META).unwrap().insert("format", 4).unwrap();
         txn.commit().unwrap();
     }
     let err = RedbStore::open(&path).unwrap_err();
     assert!(
         err.to_string()
-            .contains("written in format 3; this host reads formats 1 to 2"),
+            .contains("written in format 4; this host reads formats 1 to 3"),
         "{err}"
     );
 }
