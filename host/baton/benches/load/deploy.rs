@@ -16,8 +16,9 @@
 //!   action applied by the new one, p50/p99 (from each session's
 //!   `arrival`), and the part of it until the session was restored;
 //! - the stall players saw: each player's longest wait for an
-//!   acknowledgement over the deploy, p50/p99 over the players, next to
-//!   the usual round trip;
+//!   acknowledgement over the deploy (from the new node's start until the
+//!   players stop, a second after the old node's exit), p50/p99 over the
+//!   players, next to the usual round trip;
 //! - the time from SIGTERM to `node-a`'s exit (every handoff acknowledged).
 //!
 //! Then the time to drain 1,000 idle minotaur sessions the same way.
@@ -184,12 +185,24 @@ fn session_ids(players: &[(String, String, Moves)]) -> Vec<String> {
     ids
 }
 
-/// One player's run: its round trips, and the longest.
+/// One player's run: each action's send time and round trip.
 #[derive(Default)]
 struct Played {
-    rtts: Vec<Duration>,
-    longest: Duration,
+    rtts: Vec<(Instant, Duration)>,
     error: Option<String>,
+}
+
+impl Played {
+    /// The longest wait for an action still unanswered at `since` or sent
+    /// after it.
+    fn longest_since(&self, since: Instant) -> Duration {
+        self.rtts
+            .iter()
+            .filter(|(sent, rtt)| *sent + *rtt >= since)
+            .map(|(_, rtt)| *rtt)
+            .max()
+            .unwrap_or_default()
+    }
 }
 
 /// Players acting as soon as they are acknowledged, through `via`, until
@@ -248,9 +261,7 @@ fn play(
                             }
                         }
                     }
-                    let rtt = sent.elapsed();
-                    played.longest = played.longest.max(rtt);
-                    played.rtts.push(rtt);
+                    played.rtts.push((sent, sent.elapsed()));
                     n += 1;
                 }
                 played
@@ -536,6 +547,9 @@ pub(super) fn run_benchmark() {
         let stop = Arc::new(AtomicBool::new(false));
         let players = play(&runtime, cluster.b.addr, &created, stop.clone());
         std::thread::sleep(Duration::from_secs(2));
+        // The deploy, from the new node's start on: what players waited
+        // for before it (their first actions, say) is not its doing.
+        let deploy_began = Instant::now();
         let (c, drain) = cluster.deploy();
         std::thread::sleep(Duration::from_secs(1));
         stop.store(true, Ordering::Relaxed);
@@ -547,11 +561,11 @@ pub(super) fn run_benchmark() {
         let mut measured = arrivals(&c, &ids);
         let mut stalls: Vec<f64> = played
             .iter()
-            .map(|p| p.longest.as_secs_f64() * 1e3)
+            .map(|p| p.longest_since(deploy_began).as_secs_f64() * 1e3)
             .collect();
         let mut rtts: Vec<f64> = played
             .iter()
-            .flat_map(|p| p.rtts.iter().map(|r| r.as_secs_f64() * 1e3))
+            .flat_map(|p| p.rtts.iter().map(|(_, r)| r.as_secs_f64() * 1e3))
             .collect();
         println!("  {label}");
         println!(
