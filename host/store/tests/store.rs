@@ -461,36 +461,39 @@ fn a_store_of_format_2_moves_its_snapshot_file_into_snapshot_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("node.redb");
     let legacy = dir.path().join("node.snapshots.redb");
-    let row = |position: u64, snapshot: &[u8]| {
-        let mut value = position.to_le_bytes().to_vec();
-        value.extend_from_slice(snapshot);
-        value
+    // A redb file of `format` with `rows` in its snapshot table.
+    let write = |path: &std::path::Path, format: u64, rows: &[(&str, u64, &[u8])]| {
+        let db = redb::Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("format", format)
+            .unwrap();
+        let mut snapshots = txn.open_table(SNAPSHOTS).unwrap();
+        for (session, position, snapshot) in rows {
+            let mut value = position.to_le_bytes().to_vec();
+            value.extend_from_slice(snapshot);
+            snapshots.insert(*session, &value[..]).unwrap();
+        }
+        drop(snapshots);
+        txn.commit().unwrap();
     };
-    {
-        // What a host of store format 2 left: large snapshots in a second
-        // redb file, small ones in the main one.
-        let db = redb::Database::create(&path).unwrap();
-        let txn = db.begin_write().unwrap();
-        txn.open_table(META).unwrap().insert("format", 2).unwrap();
-        let mut snapshots = txn.open_table(SNAPSHOTS).unwrap();
-        snapshots.insert("small", &row(4, b"small")[..]).unwrap();
-        snapshots
-            .insert("both", &row(3, b"older, small")[..])
-            .unwrap();
-        drop(snapshots);
-        txn.commit().unwrap();
-        let db = redb::Database::create(&legacy).unwrap();
-        let txn = db.begin_write().unwrap();
-        txn.open_table(META).unwrap().insert("format", 1).unwrap();
-        let mut snapshots = txn.open_table(SNAPSHOTS).unwrap();
-        snapshots.insert("large", &row(8, b"large")[..]).unwrap();
-        snapshots
-            .insert("both", &row(5, b"newer, large")[..])
-            .unwrap();
-        snapshots.insert("odd/id ..", &row(6, b"odd")[..]).unwrap();
-        drop(snapshots);
-        txn.commit().unwrap();
-    }
+    // What a host of store format 2 left: large snapshots in a second redb
+    // file, small ones in the main one.
+    write(
+        &path,
+        2,
+        &[("small", 4, b"small"), ("both", 3, b"older, small")],
+    );
+    write(
+        &legacy,
+        1,
+        &[
+            ("large", 8, b"large"),
+            ("both", 5, b"newer, large"),
+            ("odd/id ..", 6, b"odd"),
+        ],
+    );
     {
         let store = open(&dir);
         assert!(!legacy.exists(), "format 2's snapshot file is gone");
