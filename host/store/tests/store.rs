@@ -497,22 +497,19 @@ fn a_store_of_format_2_moves_its_snapshot_file_into_snapshot_files() {
     {
         let store = open(&dir);
         assert!(!legacy.exists(), "format 2's snapshot file is gone");
-        assert_eq!(
-            store.snapshot("small").unwrap(),
-            Some((4, b"small".to_vec()))
-        );
-        assert_eq!(
-            store.snapshot("large").unwrap(),
-            Some((8, b"large".to_vec()))
-        );
-        assert_eq!(
-            store.snapshot("both").unwrap(),
-            Some((5, b"newer, large".to_vec()))
-        );
-        assert_eq!(
-            store.snapshot("odd/id ..").unwrap(),
-            Some((6, b"odd".to_vec()))
-        );
+        let expected: [(&str, u64, &[u8]); 4] = [
+            ("small", 4, b"small"),
+            ("large", 8, b"large"),
+            ("both", 5, b"newer, large"),
+            ("odd/id ..", 6, b"odd"),
+        ];
+        for (session, position, snapshot) in expected {
+            assert_eq!(
+                store.snapshot(session).unwrap(),
+                Some((position, snapshot.to_vec())),
+                "{session}"
+            );
+        }
     }
     assert_eq!(format_of(&path), Some(3));
     assert!(
