@@ -2362,14 +2362,20 @@ impl ClusterNode {
     /// A session this node's previous boot owned: send its journal to the
     /// replica, which may hold less (it may never have been called).
     fn restore(&mut self, session: &str, now: u64) {
-        let Some(record) = self.record(session).cloned() else {
+        // Called for every journal held here without a part, on every
+        // heartbeat: nothing is cloned until it is one to send.
+        let Some(record) = self.record(session) else {
             return;
         };
-        let previous_life = record.owner.name == self.id.name && record.owner != self.id;
-        if previous_life
-            && self.is_evicted(&record.replica)
-            && !self.durable.designating.contains_key(session)
-        {
+        if !(record.owner.name == self.id.name && record.owner != self.id) {
+            // Not a previous boot's session.
+            if self.durable.journals.contains_key(session) {
+                self.durable.designating.remove(session);
+            }
+            return;
+        }
+        let record = record.clone();
+        if self.is_evicted(&record.replica) && !self.durable.designating.contains_key(session) {
             // The replica is gone for good: this store holds every entry the
             // previous boot acknowledged, so it takes the session back.
             self.promote(session, record.epoch, now);
@@ -2378,10 +2384,6 @@ impl ClusterNode {
         let Some(journal) = self.durable.journals.get(session).cloned() else {
             return;
         };
-        if !previous_life {
-            self.durable.designating.remove(session);
-            return;
-        }
         // Mid replica change: once the old replica confirmed its release,
         // the learner is the one to complete; never both.
         let (to, designate) = match self.durable.designating.get(session) {
