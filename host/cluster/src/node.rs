@@ -37,7 +37,9 @@
 //!   of that owner's whole journal (a handoff's target) makes it complete,
 //!   and it takes over. A node whose store holds the journal of a session
 //!   its previous boot owned sends it to the replica, and does not finish
-//!   a drain until the replica took over.
+//!   a drain until the replica took over; if the replica was evicted (and
+//!   so was the learner a half-done replica change was making replica),
+//!   it takes the session back itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -2375,9 +2377,17 @@ impl ClusterNode {
             return;
         }
         let record = record.clone();
-        if self.is_evicted(&record.replica) && !self.durable.designating.contains_key(session) {
-            // The replica is gone for good: this store holds every entry the
-            // previous boot acknowledged, so it takes the session back.
+        let learner_gone = self
+            .durable
+            .designating
+            .get(session)
+            .is_none_or(|learner| self.is_evicted(learner));
+        if self.is_evicted(&record.replica) && learner_gone {
+            // The replica is gone for good, and so is the learner the
+            // previous boot was making replica, if any: this store holds
+            // every entry the previous boot acknowledged, so it takes the
+            // session back (and the half-done replica change is over).
+            self.durable.designating.remove(session);
             self.promote(session, record.epoch, now);
             return;
         }

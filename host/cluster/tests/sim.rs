@@ -83,6 +83,17 @@ fn many_seeds_keep_every_guarantee() {
     assert_none_failing(&failing, "BATON_SIM_SEED=<seed>");
 }
 
+/// Seed 19195 of a 20,000-seed run: an owner crashes in the middle of
+/// replacing its replica; the operator then evicts both the old replica
+/// and the learner, and the owner's next boot, holding every entry its
+/// previous one acknowledged, must take the session back (it waited for
+/// the evicted learner forever).
+#[test]
+fn a_restarted_owner_whose_replica_and_learner_were_evicted_takes_its_session_back() {
+    let report = run(19195);
+    assert!(report.violations.is_empty(), "{:#?}", report.violations);
+}
+
 #[test]
 fn many_seeds_of_mixed_versions_keep_every_guarantee() {
     // A quarter as many as the other test runs (300 by default).
