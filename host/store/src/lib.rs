@@ -32,6 +32,13 @@ pub use baton_snapshot::ModuleHash;
 pub use group_commit::{Batched, CommitStats, GroupCommit};
 pub use redb_store::RedbStore;
 
+/// A stored snapshot, as a row and as a file: `[position u64 LE][snapshot]`.
+/// `None` if too short to hold the position.
+fn split_snapshot(value: &[u8]) -> Option<(u64, &[u8])> {
+    let (position, snapshot) = value.split_first_chunk::<8>()?;
+    Some((u64::from_le_bytes(*position), snapshot))
+}
+
 /// Why the store could not do something. Cloneable, so one failed group
 /// commit can be reported to every waiter.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -9,7 +9,9 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::snapshot_files::SnapshotFiles;
-use crate::{ModuleHash, Published, SnapshotWrite, StateRow, Store, StoreError, Write};
+use crate::{
+    ModuleHash, Published, SnapshotWrite, StateRow, Store, StoreError, Write, split_snapshot,
+};
 
 /// `name@version` → module hash.
 const MODULE_NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("module_names");
@@ -89,7 +91,7 @@ fn move_format_2_snapshots(legacy: &Path, files: &SnapshotFiles) -> Result<(), S
             Ok(table) => {
                 for row in table.iter().map_err(io)? {
                     let (session, value) = row.map_err(io)?;
-                    let (position, snapshot) = split_snapshot(value.value())?;
+                    let (position, snapshot) = split_row(value.value())?;
                     writes.push(SnapshotWrite {
                         session: session.value().to_owned(),
                         position,
@@ -154,8 +156,7 @@ fn put_snapshot_row(
     let stored = table
         .get(write.session.as_str())
         .map_err(io)?
-        .and_then(|v| v.value().get(..8)?.try_into().ok())
-        .map(u64::from_le_bytes);
+        .and_then(|v| split_snapshot(v.value()).map(|(position, _)| position));
     if stored.is_some_and(|stored| stored > write.position) {
         return Ok(());
     }
@@ -175,21 +176,13 @@ fn snapshot_row(db: &Database, session: &str) -> Result<Option<(u64, Vec<u8>)>, 
     let Some(value) = table.get(session).map_err(io)? else {
         return Ok(None);
     };
-    let (position, snapshot) = split_snapshot(value.value())?;
+    let (position, snapshot) = split_row(value.value())?;
     Ok(Some((position, snapshot.to_vec())))
 }
 
 /// A snapshot row's value: its position and the snapshot.
-fn split_snapshot(value: &[u8]) -> Result<(u64, &[u8]), StoreError> {
-    let (position, snapshot) = value
-        .split_at_checked(8)
-        .ok_or_else(|| io("a damaged snapshot entry"))?;
-    let position = u64::from_le_bytes(
-        position
-            .try_into()
-            .map_err(|_| io("a damaged snapshot entry"))?,
-    );
-    Ok((position, snapshot))
+fn split_row(value: &[u8]) -> Result<(u64, &[u8]), StoreError> {
+    split_snapshot(value).ok_or_else(|| io("a damaged snapshot entry"))
 }
 
 impl Store for RedbStore {

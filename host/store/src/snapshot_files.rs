@@ -14,9 +14,9 @@ use std::io::{ErrorKind, Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::{SnapshotWrite, StoreError};
+use crate::{SnapshotWrite, StoreError, split_snapshot};
 
-/// A finished snapshot file: `[position u64 LE][snapshot]`.
+/// A finished snapshot file (laid out as `split_snapshot` reads it).
 const FINISHED: &str = "snap";
 /// One being written.
 const TEMPORARY: &str = "tmp";
@@ -100,14 +100,13 @@ impl SnapshotFiles {
     /// `session`'s snapshot, with its position.
     pub(crate) fn get(&self, session: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         let path = self.path(session, FINISHED)?;
-        let mut bytes = match fs::read(&path) {
+        let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io("reading", &path, e)),
         };
-        let position = parse_position(&bytes, &path)?;
-        bytes.drain(..8);
-        Ok(Some((position, bytes)))
+        let (position, snapshot) = split_snapshot(&bytes).ok_or_else(|| damaged(&path))?;
+        Ok(Some((position, snapshot.to_vec())))
     }
 
     /// The file of `session`'s snapshot: its id, with every byte but
@@ -142,14 +141,6 @@ fn position(path: &Path) -> Result<Option<u64>, StoreError> {
         Err(e) if e.kind() == ErrorKind::UnexpectedEof => Err(damaged(path)),
         Err(e) => Err(io("reading", path, e)),
     }
-}
-
-fn parse_position(bytes: &[u8], path: &Path) -> Result<u64, StoreError> {
-    let head: [u8; 8] = bytes
-        .get(..8)
-        .and_then(|head| head.try_into().ok())
-        .ok_or_else(|| damaged(path))?;
-    Ok(u64::from_le_bytes(head))
 }
 
 fn damaged(path: &Path) -> StoreError {
