@@ -37,6 +37,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// its snapshots cover), so it must refuse the store. Formats 1 and 2 open
 /// as format 3: format 2's snapshot file moves into the directory.
 const FORMAT: u64 = 3;
+/// The oldest format this host reads (and moves on to [`FORMAT`]).
+const OLDEST_FORMAT: u64 = 1;
 
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
@@ -59,16 +61,7 @@ impl RedbStore {
         }
         let db =
             Database::create(path).map_err(|e| io(format!("opening {}: {e}", path.display())))?;
-        check_format(&db, FORMAT, 1, |txn| {
-            // Create every table, so reads never meet a missing one.
-            txn.open_table(MODULE_NAMES).map_err(io)?;
-            txn.open_table(MODULE_BYTES).map_err(io)?;
-            txn.open_table(SESSIONS).map_err(io)?;
-            txn.open_table(JOURNAL).map_err(io)?;
-            txn.open_table(SNAPSHOTS).map_err(io)?;
-            txn.open_table(CLUSTER).map_err(io)?;
-            Ok(())
-        })?;
+        check_format(&db)?;
         let snapshots = SnapshotFiles::open(path.with_extension("snapshots"))?;
         move_format_2_snapshots(&path.with_extension("snapshots.redb"), &snapshots)?;
         Ok(RedbStore { db, snapshots })
@@ -110,41 +103,36 @@ fn move_format_2_snapshots(legacy: &Path, files: &SnapshotFiles) -> Result<(), S
     Ok(())
 }
 
-/// Checks `db`'s format: `current`, or one from `oldest` on, which this
-/// host reads as it is; either way the file is of `current` from now on.
-/// Creates the tables with `tables`.
-fn check_format(
-    db: &Database,
-    current: u64,
-    oldest: u64,
-    tables: impl FnOnce(&redb::WriteTransaction) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
+/// Checks `db`'s format: [`FORMAT`], or an older one this host reads as
+/// it is; either way the file is of [`FORMAT`] from now on, with every
+/// table created, so reads never meet a missing one.
+fn check_format(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(io)?;
     {
         let mut meta = txn.open_table(META).map_err(io)?;
         let found = meta.get("format").map_err(io)?.map(|v| v.value());
         match found {
-            Some(found) if found == current => {}
+            Some(FORMAT) => {}
             None => {
-                meta.insert("format", current).map_err(io)?;
+                meta.insert("format", FORMAT).map_err(io)?;
             }
-            Some(found) if (oldest..current).contains(&found) => {
-                meta.insert("format", current).map_err(io)?;
-                tracing::info!(from = found, to = current, "the store's format moved on");
+            Some(found) if (OLDEST_FORMAT..FORMAT).contains(&found) => {
+                meta.insert("format", FORMAT).map_err(io)?;
+                tracing::info!(from = found, to = FORMAT, "the store's format moved on");
             }
             Some(other) => {
-                let reads = if oldest == current {
-                    format!("format {current}")
-                } else {
-                    format!("formats {oldest} to {current}")
-                };
                 return Err(StoreError::Io(format!(
-                    "the store was written in format {other}; this host reads {reads}"
+                    "the store was written in format {other}; this host reads formats {OLDEST_FORMAT} to {FORMAT}"
                 )));
             }
         }
     }
-    tables(&txn)?;
+    txn.open_table(MODULE_NAMES).map_err(io)?;
+    txn.open_table(MODULE_BYTES).map_err(io)?;
+    txn.open_table(SESSIONS).map_err(io)?;
+    txn.open_table(JOURNAL).map_err(io)?;
+    txn.open_table(SNAPSHOTS).map_err(io)?;
+    txn.open_table(CLUSTER).map_err(io)?;
     txn.commit().map_err(io)
 }
 
