@@ -2361,8 +2361,9 @@ impl ClusterNode {
         }
     }
 
-    /// A session this node's previous boot owned: send its journal to the
-    /// replica, which may hold less (it may never have been called).
+    /// A session whose journal this node holds without a part: if its
+    /// previous boot owned it, send the journal to the replica, which may
+    /// hold less (it may never have been called).
     fn restore(&mut self, session: &str, now: u64) {
         // Called for every journal held here without a part, on every
         // heartbeat: nothing is cloned until it is one to send.
@@ -2371,9 +2372,7 @@ impl ClusterNode {
         };
         if !(record.owner.name == self.id.name && record.owner != self.id) {
             // Not a previous boot's session.
-            if self.durable.journals.contains_key(session) {
-                self.durable.designating.remove(session);
-            }
+            self.durable.designating.remove(session);
             return;
         }
         let record = record.clone();
