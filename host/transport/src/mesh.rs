@@ -128,25 +128,84 @@ fn lane(frame: &Frame) -> usize {
 
 const MAX_FRAME: usize = 64 << 20;
 
-async fn write_frame(stream: &mut quinn::SendStream, frame: &Frame) -> Result<(), ()> {
-    let bytes = postcard::to_stdvec(frame).map_err(|_| ())?;
-    stream
-        .write_all(&(bytes.len() as u32).to_be_bytes())
-        .await
-        .map_err(|_| ())?;
-    stream.write_all(&bytes).await.map_err(|_| ())
+/// Most bytes of frames gathered into one write.
+const MAX_BATCH: usize = 256 << 10;
+
+/// Appends `frame`, length first, to `out`.
+fn encode_frame(frame: &Frame, out: &mut Vec<u8>) -> Result<(), ()> {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    *out = postcard::to_extend(frame, std::mem::take(out)).map_err(|_| ())?;
+    let len = u32::try_from(out.len() - at - 4).map_err(|_| ())?;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
 }
 
-async fn read_frame(stream: &mut quinn::RecvStream) -> Option<Frame> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).await.ok()?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return None;
+/// Writes a lane: `first`, then every frame queued, those queued together
+/// in one write (a drain queues thousands: one write each would wake the
+/// connection and lock its state thousands of times).
+async fn write_lane(
+    mut stream: quinn::SendStream,
+    first: Frame,
+    mut frames: mpsc::Receiver<Frame>,
+) -> Result<(), ()> {
+    let mut batch = Vec::new();
+    encode_frame(&first, &mut batch)?;
+    loop {
+        while batch.len() < MAX_BATCH {
+            match frames.try_recv() {
+                Ok(frame) => encode_frame(&frame, &mut batch)?,
+                Err(_) => break,
+            }
+        }
+        stream.write_all(&batch).await.map_err(|_| ())?;
+        batch.clear();
+        let Some(frame) = frames.recv().await else {
+            return Ok(());
+        };
+        encode_frame(&frame, &mut batch)?;
     }
-    let mut bytes = vec![0u8; len];
-    stream.read_exact(&mut bytes).await.ok()?;
-    postcard::from_bytes(&bytes).ok()
+}
+
+/// Reads a lane's frames, a chunk of the stream at a time (a batch of
+/// frames arrives together; reading each one apart would lock the
+/// connection's state twice per frame).
+struct LaneReader {
+    stream: quinn::RecvStream,
+    buf: Vec<u8>,
+    /// Where the next frame starts in `buf`.
+    at: usize,
+}
+
+impl LaneReader {
+    fn new(stream: quinn::RecvStream) -> Self {
+        LaneReader {
+            stream,
+            buf: Vec::new(),
+            at: 0,
+        }
+    }
+
+    /// The next frame; `None` at the stream's end or on a malformed frame.
+    async fn next(&mut self) -> Option<Frame> {
+        loop {
+            let ready = &self.buf[self.at..];
+            if let Some(head) = ready.first_chunk::<4>() {
+                let len = u32::from_be_bytes(*head) as usize;
+                if len > MAX_FRAME {
+                    return None;
+                }
+                if let Some(bytes) = ready.get(4..4 + len) {
+                    self.at += 4 + len;
+                    return postcard::from_bytes(bytes).ok();
+                }
+            }
+            self.buf.drain(..self.at);
+            self.at = 0;
+            let chunk = self.stream.read_chunk(MAX_BATCH, true).await.ok()??;
+            self.buf.extend_from_slice(&chunk.bytes);
+        }
+    }
 }
 
 /// Called once a write is durable, or failed.
@@ -1150,20 +1209,12 @@ impl Driver {
         };
         let mut lanes = Vec::with_capacity(LANES);
         for _ in 0..LANES {
-            let (tx, mut rx) = mpsc::channel::<Frame>(self.queue);
+            let (tx, rx) = mpsc::channel::<Frame>(self.queue);
             let connection = peer.connection.clone();
             let first = hello();
             tokio::spawn(async move {
-                let Ok(mut stream) = connection.open_uni().await else {
-                    return;
-                };
-                if write_frame(&mut stream, &first).await.is_err() {
-                    return;
-                }
-                while let Some(frame) = rx.recv().await {
-                    if write_frame(&mut stream, &frame).await.is_err() {
-                        return;
-                    }
+                if let Ok(stream) = connection.open_uni().await {
+                    let _ = write_lane(stream, first, rx).await;
                 }
             });
             lanes.push(tx);
@@ -1192,16 +1243,17 @@ impl Driver {
             let inputs = self.inputs.clone();
             let name = peer.name.clone();
             tokio::spawn(async move {
-                while let Ok(mut stream) = connection.accept_uni().await {
+                while let Ok(stream) = connection.accept_uni().await {
                     let inputs = inputs.clone();
                     let name = name.clone();
                     let connection = connection.clone();
                     tokio::spawn(async move {
+                        let mut frames = LaneReader::new(stream);
                         let Some(Frame::Hello {
                             node,
                             listen,
                             known,
-                        }) = read_frame(&mut stream).await
+                        }) = frames.next().await
                         else {
                             return;
                         };
@@ -1221,7 +1273,7 @@ impl Driver {
                         if inputs.send(hello).await.is_err() {
                             return;
                         }
-                        while let Some(frame) = read_frame(&mut stream).await {
+                        while let Some(frame) = frames.next().await {
                             // Bounded: when the driver lags, drop; the protocol resends.
                             let input = match frame {
                                 Frame::Message(message) => Input::Received {
