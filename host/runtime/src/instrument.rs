@@ -13,20 +13,26 @@
 //!    canonical-ABI memory, and exports them as the component instance
 //!    [`ACCESSOR_INTERFACE`], which only the host calls.
 //!
-//! Reading never grows or writes guest memory: data moves through scratch
-//! memory only. Per memory `k` the accessor exports `size-k`, `grow-k`,
-//! `read-k`, `write-k` and `write-pages-k`; `get-globals` and `set-globals`
-//! move all mutable globals at once, packed in [`Layout`] order.
+//! Reading copies nothing and never grows or writes guest memory: the
+//! component imports [`VIEW_INTERFACE`]'s `look(data: list<u8>)` from the
+//! host, lowered once per guest memory with *that* memory as its
+//! canonical-ABI memory, and `view-k(offset, len)` passes it guest memory
+//! `k`'s bytes as they stand; the host keeps the lifted list and reads the
+//! memory through it. Writes move through scratch memory. Per memory `k`
+//! the accessor exports `size-k`, `grow-k`, `view-k`, `write-k` and
+//! `write-pages-k`; `get-globals` and `set-globals` move all mutable
+//! globals at once, packed in [`Layout`] order.
 
 use std::borrow::Cow;
 
 use wasm_encoder::reencode::Reencode;
 use wasm_encoder::{
     Alias, CanonicalFunctionSection, CanonicalOption, CodeSection, ComponentAliasSection,
-    ComponentExportKind, ComponentExportSection, ComponentInstanceSection, ComponentTypeSection,
-    ComponentValType, ConstExpr, EntityType, ExportKind, ExportSection, Function, FunctionSection,
-    GlobalSection, ImportSection, InstanceSection, MemArg, MemorySection, MemoryType, ModuleArg,
-    PrimitiveValType, RawSection, TypeSection, ValType,
+    ComponentExportKind, ComponentExportSection, ComponentImportSection, ComponentInstanceSection,
+    ComponentTypeRef as TypeRef, ComponentTypeSection, ComponentValType, ConstExpr, EntityType,
+    ExportKind, ExportSection, Function, FunctionSection, GlobalSection, ImportSection,
+    InstanceSection, InstanceType, MemArg, MemorySection, MemoryType, ModuleArg, PrimitiveValType,
+    RawSection, TypeSection, ValType,
 };
 use wasmparser::{
     CanonicalFunction, ComponentAlias, ComponentExternalKind, ComponentOuterAliasKind,
@@ -35,6 +41,10 @@ use wasmparser::{
 
 /// The component interface the accessor is exported as.
 pub const ACCESSOR_INTERFACE: &str = "baton:snapshot/accessor@0.1.0";
+
+/// The component interface the accessor imports from the host: its one
+/// function, `look(data: list<u8>)`, receives a view of guest memory.
+pub const VIEW_INTERFACE: &str = "baton:snapshot/view@0.1.0";
 
 /// Scratch memory layout: the return area, then data.
 const DATA_START: i32 = 16;
@@ -428,7 +438,7 @@ fn add_exports(
 enum Sig {
     Size,
     Grow,
-    Read,
+    View,
     Write,
     WritePages,
     GetGlobals,
@@ -440,7 +450,7 @@ fn accessor_functions(layout: &Layout) -> Vec<(String, Sig, u32)> {
     let mut fns = Vec::new();
     for m in &layout.memories {
         let k = m.index;
-        for sig in [Sig::Size, Sig::Grow, Sig::Read, Sig::Write, Sig::WritePages] {
+        for sig in [Sig::Size, Sig::Grow, Sig::View, Sig::Write, Sig::WritePages] {
             fns.push((sig.name(Some(k)), sig, k));
         }
     }
@@ -455,7 +465,7 @@ impl Sig {
         let base = match self {
             Sig::Size => "size",
             Sig::Grow => "grow",
-            Sig::Read => "read",
+            Sig::View => "view",
             Sig::Write => "write",
             Sig::WritePages => "write-pages",
             Sig::GetGlobals => return "get-globals".into(),
@@ -465,13 +475,19 @@ impl Sig {
     }
 }
 
+/// The accessor's import of `look` lowered over guest memory `k`.
+fn look_import(k: u32) -> String {
+    format!("look-{k}")
+}
+
 /// The accessor's export names for memory `k`.
 pub(crate) fn memory_function(base: &str, k: u32) -> String {
     format!("{base}-{k}")
 }
 
 /// The accessor core module: imports the guest's memories and mutable
-/// globals, owns a scratch memory, exports `realloc`, `scratch` and one
+/// globals and, per memory `k`, the host's `look` lowered over it
+/// (`look-k`); owns a scratch memory; exports `realloc`, `scratch` and one
 /// function per entry of [`accessor_functions`].
 fn accessor_module(layout: &Layout) -> Vec<u8> {
     let i32_ = ValType::I32;
@@ -483,7 +499,7 @@ fn accessor_module(layout: &Layout) -> Vec<u8> {
     types.ty().function([i32_, i32_], [i32_]); // 4 read
     types.ty().function([i32_, i32_, i32_], []); // 5 write
     types.ty().function([i32_, i32_, i32_, i32_], []); // 6 write-pages
-    types.ty().function([i32_, i32_], []); // 7 set-globals
+    types.ty().function([i32_, i32_], []); // 7 set-globals, view, look
 
     let mut imports = ImportSection::new();
     for m in &layout.memories {
@@ -504,6 +520,14 @@ fn accessor_module(layout: &Layout) -> Vec<u8> {
         };
         imports.import("guest", &global_export(g.index), EntityType::Global(ty));
     }
+    // Imported functions come first in the function index space (memory
+    // `k` is the accessor's memory `k`, and its `look` function `k`).
+    for m in &layout.memories {
+        imports.import("guest", &look_import(m.index), EntityType::Function(7));
+    }
+    let look = |k: u32| k;
+    let realloc = layout.memories.len() as u32;
+    let ensure = realloc + 1;
     let scratch = layout.memories.len() as u32;
     let bump = layout.globals.len() as u32;
 
@@ -558,12 +582,12 @@ fn accessor_module(layout: &Layout) -> Vec<u8> {
             .local_get(ptr)
             .i32_lt_u();
         s.if_(wasm_encoder::BlockType::Empty).unreachable().end();
-        s.local_get(ptr).local_get(3).i32_add().call(1);
+        s.local_get(ptr).local_get(3).i32_add().call(ensure);
         s.local_get(ptr).local_get(3).i32_add().global_set(bump);
         s.local_get(ptr).end();
         functions.function(0);
         code.function(&f);
-        exports.export("realloc", ExportKind::Func, 0);
+        exports.export("realloc", ExportKind::Func, realloc);
     }
     // 1: ensure(end): grows scratch memory so `end` bytes fit.
     {
@@ -590,12 +614,12 @@ fn accessor_module(layout: &Layout) -> Vec<u8> {
     }
 
     let total_globals = layout.globals_size() as i32;
-    // Functions 0 and 1 are `realloc` and `ensure`.
-    for (index, (name, sig, mem)) in (2u32..).zip(accessor_functions(layout)) {
+    // After the imports come `realloc` and `ensure`.
+    for (index, (name, sig, mem)) in (ensure + 1..).zip(accessor_functions(layout)) {
         let mut f;
         let ty;
         match sig {
-            Sig::Size | Sig::Grow | Sig::Read | Sig::Write | Sig::WritePages => {
+            Sig::Size | Sig::Grow | Sig::View | Sig::Write | Sig::WritePages => {
                 match sig {
                     Sig::Size => {
                         ty = 2;
@@ -607,19 +631,15 @@ fn accessor_module(layout: &Layout) -> Vec<u8> {
                         f = Function::new([]);
                         f.instructions().local_get(0).memory_grow(mem).end();
                     }
-                    Sig::Read => {
-                        // read(offset, len) -> retptr: guest[offset..+len] -> scratch[16..]
-                        ty = 4;
+                    Sig::View => {
+                        // view(offset, len): look(guest[offset..+len]), in place
+                        ty = 7;
                         f = Function::new([]);
-                        let mut s = f.instructions();
-                        s.i32_const(DATA_START).local_get(1).i32_add().call(1);
-                        s.i32_const(DATA_START)
+                        f.instructions()
                             .local_get(0)
                             .local_get(1)
-                            .memory_copy(scratch, mem);
-                        s.i32_const(0).i32_const(DATA_START).i32_store(arg(0));
-                        s.i32_const(0).local_get(1).i32_store(arg(4));
-                        s.i32_const(0).end();
+                            .call(look(mem))
+                            .end();
                     }
                     Sig::Write => {
                         // write(offset, ptr, len): scratch[ptr..+len] -> guest[offset..]
@@ -667,7 +687,7 @@ fn accessor_module(layout: &Layout) -> Vec<u8> {
                 ty = 2;
                 f = Function::new([]);
                 let mut s = f.instructions();
-                s.i32_const(DATA_START + total_globals).call(1);
+                s.i32_const(DATA_START + total_globals).call(ensure);
                 let mut offset = DATA_START as u64;
                 for (g, global) in layout.globals.iter().enumerate() {
                     s.i32_const(0).global_get(g as u32);
@@ -752,6 +772,7 @@ fn append_accessor(
     // to instantiate the accessor with.
     let mut aliases = ComponentAliasSection::new();
     let mut items: Vec<(String, ExportKind, u32)> = Vec::new();
+    let mut guest_memories = Vec::with_capacity(layout.memories.len());
     for m in &layout.memories {
         let name = memory_export(m.index);
         aliases.alias(Alias::CoreInstanceExport {
@@ -759,6 +780,7 @@ fn append_accessor(
             kind: ExportKind::Memory,
             name: &name,
         });
+        guest_memories.push((m.index, s.core_memories));
         items.push((name, ExportKind::Memory, s.core_memories));
         s.core_memories += 1;
     }
@@ -773,6 +795,42 @@ fn append_accessor(
         s.core_globals += 1;
     }
     out.section(&aliases);
+
+    // The host's `look`, imported, then lowered once per guest memory with
+    // that memory as the one its list argument is lifted from.
+    let mut types = ComponentTypeSection::new();
+    let mut view = InstanceType::new();
+    view.ty().defined_type().list(PrimitiveValType::U8);
+    view.ty()
+        .function()
+        .params([("data", ComponentValType::Type(0))])
+        .result(None);
+    view.export("look", TypeRef::Func(1));
+    types.instance(&view);
+    let view_type = s.types;
+    s.types += 1;
+    out.section(&types);
+    let mut imports = ComponentImportSection::new();
+    imports.import(VIEW_INTERFACE, TypeRef::Instance(view_type));
+    let view_instance = s.instances;
+    s.instances += 1;
+    out.section(&imports);
+    let mut aliases = ComponentAliasSection::new();
+    aliases.alias(Alias::InstanceExport {
+        instance: view_instance,
+        kind: ComponentExportKind::Func,
+        name: "look",
+    });
+    let look = s.funcs;
+    s.funcs += 1;
+    out.section(&aliases);
+    let mut canon = CanonicalFunctionSection::new();
+    for (k, memory) in guest_memories {
+        canon.lower(look, [CanonicalOption::Memory(memory)]);
+        items.push((look_import(k), ExportKind::Func, s.core_funcs));
+        s.core_funcs += 1;
+    }
+    out.section(&canon);
 
     let mut instances = InstanceSection::new();
     instances.export_items(items.iter().map(|(n, k, i)| (n.as_str(), *k, *i)));
@@ -828,7 +886,7 @@ fn append_accessor(
             + match sig {
                 Sig::Size => 0,
                 Sig::Grow => 1,
-                Sig::Read => 2,
+                Sig::View => 2,
                 Sig::Write => 3,
                 Sig::WritePages => 4,
                 Sig::GetGlobals => 5,
@@ -846,7 +904,7 @@ fn append_accessor(
     types
         .function()
         .params([("offset", u32_), ("len", u32_)])
-        .result(Some(bytes));
+        .result(None);
     types
         .function()
         .params([("offset", u32_), ("data", bytes)])
@@ -866,8 +924,8 @@ fn append_accessor(
     let mut canon = CanonicalFunctionSection::new();
     for (i, (_, sig, _)) in functions.iter().enumerate() {
         let options: Cow<'_, [CanonicalOption]> = match sig {
-            Sig::Size | Sig::Grow => Cow::Borrowed(&[]),
-            Sig::Read | Sig::GetGlobals => Cow::Owned(vec![CanonicalOption::Memory(scratch)]),
+            Sig::Size | Sig::Grow | Sig::View => Cow::Borrowed(&[]),
+            Sig::GetGlobals => Cow::Owned(vec![CanonicalOption::Memory(scratch)]),
             Sig::Write | Sig::WritePages | Sig::SetGlobals => Cow::Owned(vec![
                 CanonicalOption::Memory(scratch),
                 CanonicalOption::Realloc(realloc),

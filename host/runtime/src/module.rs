@@ -45,7 +45,7 @@ pub enum LoadError {
 pub(crate) struct MemoryAccess {
     pub(crate) size: ComponentExportIndex,
     pub(crate) grow: ComponentExportIndex,
-    pub(crate) read: ComponentExportIndex,
+    pub(crate) view: ComponentExportIndex,
     pub(crate) write_pages: ComponentExportIndex,
 }
 
@@ -97,7 +97,9 @@ impl RuleModule {
             None => Component::new(engine, &instrumented)
                 .map_err(|e| LoadError::Compile(format!("{e:#}")))?,
         };
-        let linker = Linker::<SessionData>::new(engine);
+        let mut linker = Linker::<SessionData>::new(engine);
+        crate::session::add_view_to_linker(&mut linker)
+            .map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::WorldMismatch(format!("{e:#}")))?;
@@ -119,7 +121,7 @@ impl RuleModule {
                 Ok(MemoryAccess {
                     size: export(Some(&accessor), &memory_function("size", m.index))?,
                     grow: export(Some(&accessor), &memory_function("grow", m.index))?,
-                    read: export(Some(&accessor), &memory_function("read", m.index))?,
+                    view: export(Some(&accessor), &memory_function("view", m.index))?,
                     write_pages: export(Some(&accessor), &memory_function("write-pages", m.index))?,
                 })
             })

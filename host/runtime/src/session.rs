@@ -11,15 +11,19 @@ use wasmtime::{ResourceLimiter, Store, Trap};
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::bindings::{Rules, game};
+use crate::instrument::VIEW_INTERFACE;
 use crate::journal::{Call, JournalEntry, Reply, Switch};
 use crate::module::{Fresh, MemoryAccess, ModuleHash, RuleModule};
 use baton_snapshot::{Delta, Image, MemoryDelta, MemoryImage, PAGE, SnapshotError};
 
-/// Bytes moved per accessor call: bounds the accessor's scratch memory.
+/// Bytes written per accessor call: bounds the accessor's scratch memory.
 /// Small, because a fresh pool slot faults in every scratch page it
 /// touches (~1.5 µs each on a VM), and a node taking sessions over in a
 /// deploy starts with fresh slots; 64 KiB costs 32 calls per 2 MiB.
 const CHUNK: usize = 64 << 10;
+/// Most bytes of guest memory one view shows (reading copies nothing, so
+/// only a list's u32 length bounds it).
+const VIEW_MAX: usize = 1 << 30;
 /// Fuel for the accessor's own copying, which is not the rules' work.
 const ACCESSOR_FUEL: u64 = u64::MAX / 4;
 
@@ -156,6 +160,23 @@ pub enum RestoreError {
 /// What the store holds for its session.
 pub(crate) struct SessionData {
     limiter: Limiter,
+    /// The guest memory the accessor's `view-k` last showed the host (see
+    /// [`crate::instrument`]): a list that *is* that memory, read in place.
+    view: Option<WasmList<u8>>,
+}
+
+/// Adds the host's side of the accessor's view ([`VIEW_INTERFACE`]) to
+/// `linker`: `look` keeps the list it is given, for the host to read.
+pub(crate) fn add_view_to_linker(
+    linker: &mut wasmtime::component::Linker<SessionData>,
+) -> wasmtime::Result<()> {
+    linker.instance(VIEW_INTERFACE)?.func_wrap(
+        "look",
+        |mut store: wasmtime::StoreContextMut<'_, SessionData>, (data,): (WasmList<u8>,)| {
+            store.data_mut().view = Some(data);
+            Ok(())
+        },
+    )
 }
 
 struct Limiter {
@@ -225,6 +246,7 @@ impl Live {
                     memory_bytes: limits.memory_bytes,
                     refused: None,
                 },
+                view: None,
             },
         );
         store.limiter(|data| &mut data.limiter);
@@ -400,7 +422,9 @@ impl Live {
         Ok(f.call(&mut self.store, (pages,)).map_err(host)?.0)
     }
 
-    fn read(
+    /// Guest memory `[offset, offset + len)`, in place (see
+    /// [`crate::instrument`]).
+    fn view(
         &mut self,
         index: &ComponentExportIndex,
         offset: usize,
@@ -408,11 +432,17 @@ impl Live {
     ) -> Result<WasmList<u8>, CallError> {
         let f = self
             .instance
-            .get_typed_func::<(u32, u32), (WasmList<u8>,)>(&mut self.store, index)
+            .get_typed_func::<(u32, u32), ()>(&mut self.store, index)
             .map_err(host)?;
-        Ok(f.call(&mut self.store, (offset as u32, len as u32))
-            .map_err(host)?
-            .0)
+        let (offset, len) = u32::try_from(offset)
+            .and_then(|offset| Ok((offset, u32::try_from(len)?)))
+            .map_err(host)?;
+        f.call(&mut self.store, (offset, len)).map_err(host)?;
+        self.store
+            .data_mut()
+            .view
+            .take()
+            .ok_or_else(|| host("the accessor showed no memory"))
     }
 
     fn write_pages(
@@ -445,8 +475,8 @@ impl Live {
         f.call(&mut self.store, (globals,)).map_err(host)
     }
 
-    /// Visits every 4 KiB page of memory `access`, in order, without
-    /// touching the guest's memory.
+    /// Visits every 4 KiB page of memory `access`, in order, in place:
+    /// nothing is copied, and the guest's memory is only read.
     fn for_each_page(
         &mut self,
         access: &MemoryAccess,
@@ -456,10 +486,11 @@ impl Live {
         let bytes = size as usize * 65536;
         let mut offset = 0;
         while offset < bytes {
-            let len = CHUNK.min(bytes - offset);
-            let list = self.read(&access.read, offset, len)?;
-            let chunk = list.as_le_slice(&self.store);
-            for (i, page) in chunk.chunks_exact(PAGE).enumerate() {
+            // A list's length is a u32: a 4 GiB memory takes two views.
+            let len = VIEW_MAX.min(bytes - offset);
+            let list = self.view(&access.view, offset, len)?;
+            let viewed = list.as_le_slice(&self.store);
+            for (i, page) in viewed.chunks_exact(PAGE).enumerate() {
                 visit(offset / PAGE + i, page);
             }
             offset += len;
