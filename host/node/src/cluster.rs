@@ -12,7 +12,9 @@ use std::time::Duration;
 use baton_cluster::crdt::Entry;
 use baton_cluster::node::{Changes, Durable, Event, Key, Record, SessionState};
 use baton_store::{GroupCommit, Store, Write};
-use baton_transport::{DurableStore, Identity, Mesh, MeshConfig, WriteDone, wire_version_number};
+use baton_transport::{
+    DurableStore, Identity, Mesh, MeshConfig, Stamped, WriteDone, wire_version_number,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
@@ -366,10 +368,13 @@ pub(crate) async fn join(node: &Arc<Node>, config: &ClusterConfig) -> Result<(),
 }
 
 /// Turns ownership events into sessions taken over or let go.
-async fn follow(node: Arc<Node>, mut events: broadcast::Receiver<Event>) {
+async fn follow(node: Arc<Node>, mut events: broadcast::Receiver<Stamped>) {
     loop {
         match events.recv().await {
-            Ok(Event::HandingOff { session, to }) => {
+            Ok(Stamped {
+                event: Event::HandingOff { session, to },
+                ..
+            }) => {
                 if let Ok(cell) = node.cell_by_id(&session) {
                     cell.leaving
                         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -380,22 +385,28 @@ async fn follow(node: Arc<Node>, mut events: broadcast::Receiver<Event>) {
                     mesh.warmed(&session, to).await;
                 }
             }
-            Ok(Event::Fenced {
-                session, len, to, ..
+            Ok(Stamped {
+                event: Event::Fenced {
+                    session, len, to, ..
+                },
+                at_us,
             }) => {
-                // Stamped and looked up now, before the session can move away.
-                let at = crate::handoff::now_us();
+                // Looked up now, before the session can move away; timed
+                // from when the core reported it.
                 tracing::debug!(%session, position = len, target = %to.name, "fenced for the handoff");
                 if let Ok(cell) = node.cell_by_id(&session) {
                     // Counted here, before the drain can see it end.
                     node.fence_notes.send_modify(|n| *n += 1);
-                    tokio::spawn(crate::handoff::fenced(node.clone(), cell, len, to, at));
+                    tokio::spawn(crate::handoff::fenced(node.clone(), cell, len, to, at_us));
                 }
             }
             // Epoch 1 is a creation: the creating call starts it itself.
-            Ok(Event::Owner { session, epoch }) if epoch > 1 => {
+            Ok(Stamped {
+                event: Event::Owner { session, epoch },
+                at_us,
+            }) if epoch > 1 => {
                 tracing::debug!(%session, epoch, "owns the session now; restoring it");
-                node.note_owned(&session);
+                node.note_owned(&session, at_us);
                 let node = node.clone();
                 tokio::spawn(async move {
                     if let Err(e) = node.adopt(&session).await {
@@ -403,8 +414,14 @@ async fn follow(node: Arc<Node>, mut events: broadcast::Receiver<Event>) {
                     }
                 });
             }
-            Ok(Event::HandoffCalledOff { session, .. }) => node.call_off_handoff(&session),
-            Ok(Event::SteppedDown { session, epoch, to }) => {
+            Ok(Stamped {
+                event: Event::HandoffCalledOff { session, .. },
+                ..
+            }) => node.call_off_handoff(&session),
+            Ok(Stamped {
+                event: Event::SteppedDown { session, epoch, to },
+                ..
+            }) => {
                 let to = to.map(|id| id.name);
                 tracing::info!(%session, epoch, to = to.as_deref().unwrap_or("?"), "the session moved away");
                 node.release(&session, to).await;

@@ -333,11 +333,10 @@ impl Node {
         });
     }
 
-    /// Records that this node came to own a session (the transfer or the
-    /// promotion arrived); its restore follows.
-    pub(crate) fn note_owned(&self, id: &str) {
-        let at = now_us();
-        self.with_arrival(id, |arrival| arrival.owned_us = Some(at));
+    /// Records that this node came to own a session at `at_us` (the
+    /// transfer or the promotion arrived); its restore follows.
+    pub(crate) fn note_owned(&self, id: &str, at_us: u64) {
+        self.with_arrival(id, |arrival| arrival.owned_us = Some(at_us));
     }
 
     /// Records the restore of a session taken over here.

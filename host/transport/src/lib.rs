@@ -24,8 +24,8 @@ pub mod tls;
 
 pub use endpoint::{Peer, Transport};
 pub use mesh::{
-    AppendError, Appended, DurableStore, Mesh, MeshConfig, Replication, Tunnel, Unconfirmed,
-    Unpersisted, WriteDone,
+    AppendError, Appended, DurableStore, Mesh, MeshConfig, Replication, Stamped, Tunnel,
+    Unconfirmed, Unpersisted, WriteDone,
 };
 pub use tls::{Identity, WIRE_VERSIONS, wire_version_number};
 

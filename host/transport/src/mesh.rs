@@ -404,12 +404,24 @@ enum Command {
 #[derive(Debug)]
 pub struct Mesh {
     inputs: mpsc::Sender<Input>,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Stamped>,
     records: watch::Receiver<u64>,
     tunnels: Mutex<Option<mpsc::Receiver<Tunnel>>>,
     addr: SocketAddr,
     name: String,
     synced: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// An event of the node, stamped with when the core reported it.
+#[derive(Clone, Debug)]
+pub struct Stamped {
+    /// What happened.
+    pub event: Event,
+    /// Microseconds since the Unix epoch when the driver took the event
+    /// from the core, before it sent the messages that went with it: a
+    /// handoff's fence is timed from here, not from when a busy host got
+    /// round to reading it (by then the target may own the session).
+    pub at_us: u64,
 }
 
 fn now_ms() -> u64 {
@@ -528,7 +540,7 @@ impl Mesh {
 
     /// What the node reports: ownership changes, applied and acknowledged
     /// actions, membership.
-    pub fn events(&self) -> broadcast::Receiver<Event> {
+    pub fn events(&self) -> broadcast::Receiver<Stamped> {
         self.events.subscribe()
     }
 
@@ -793,7 +805,7 @@ struct Driver {
     dialing: BTreeSet<SocketAddr>,
     queue: usize,
     inputs: mpsc::Sender<Input>,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Stamped>,
     records: watch::Sender<u64>,
     records_seen: u64,
     tunnels: mpsc::Sender<Tunnel>,
@@ -1316,6 +1328,9 @@ impl Driver {
     /// acknowledgements back until their write is done) and publishes its
     /// events.
     fn flush(&mut self) {
+        let at_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
         if !self.leasing.is_empty() {
             let now = now_ms();
             for (session, entries, deadline, reply) in std::mem::take(&mut self.leasing) {
@@ -1367,7 +1382,7 @@ impl Driver {
                 }
                 _ => {}
             }
-            let _ = self.events.send(event);
+            let _ = self.events.send(Stamped { event, at_us });
         }
         if self.alone_until.is_some() && !self.node.peers_up().is_empty() {
             self.alone_until = None;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use baton_cluster::membership::Change;
 use baton_cluster::node::{Durable, Event};
 use baton_transport::certs::Authority;
-use baton_transport::{Identity, Mesh, MeshConfig, Unpersisted};
+use baton_transport::{Identity, Mesh, MeshConfig, Stamped, Unpersisted};
 use tokio::sync::broadcast;
 
 fn identity(ca: &Authority, trusted: &Authority, name: &str) -> Identity {
@@ -35,7 +35,7 @@ async fn mesh(ca: &Authority, name: &str, seeds: Vec<std::net::SocketAddr>) -> M
 
 /// Waits until `done` holds for the events seen so far, or panics after `limit`.
 async fn until(
-    receivers: &mut [broadcast::Receiver<Event>],
+    receivers: &mut [broadcast::Receiver<Stamped>],
     seen: &mut Vec<Event>,
     limit: Duration,
     what: &str,
@@ -45,8 +45,8 @@ async fn until(
     while !done(seen) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         for rx in receivers.iter_mut() {
-            while let Ok(event) = rx.try_recv() {
-                seen.push(event);
+            while let Ok(stamped) = rx.try_recv() {
+                seen.push(stamped.event);
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -74,10 +74,13 @@ async fn a_cluster_forms_from_one_seed_places_sessions_and_fails_over() {
                 mesh.name()
             );
             match tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
-                Ok(Ok(Event::Membership(Change::Up(id)))) => {
+                Ok(Ok(Stamped {
+                    event: Event::Membership(Change::Up(id)),
+                    ..
+                })) => {
                     ups.insert(id.name);
                 }
-                Ok(Ok(event)) => seen.push(event),
+                Ok(Ok(stamped)) => seen.push(stamped.event),
                 _ => {}
             }
         }
@@ -177,8 +180,8 @@ async fn a_cluster_forms_from_one_seed_places_sessions_and_fails_over() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         for rx in receivers.iter_mut() {
-            while let Ok(event) = rx.try_recv() {
-                after.push(event);
+            while let Ok(stamped) = rx.try_recv() {
+                after.push(stamped.event);
             }
         }
         let moved = |s: &String| {
@@ -218,8 +221,8 @@ async fn a_cluster_forms_from_one_seed_places_sessions_and_fails_over() {
     let mut action = 5000u64;
     loop {
         for rx in receivers.iter_mut() {
-            while let Ok(event) = rx.try_recv() {
-                after.push(event);
+            while let Ok(stamped) = rx.try_recv() {
+                after.push(stamped.event);
             }
         }
         let acked = |s: &String| {
@@ -281,8 +284,8 @@ async fn a_node_with_a_certificate_from_another_ca_cannot_join() {
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for rx in receivers.iter_mut() {
-        while let Ok(event) = rx.try_recv() {
-            seen.push(event);
+        while let Ok(stamped) = rx.try_recv() {
+            seen.push(stamped.event);
         }
     }
     assert!(
