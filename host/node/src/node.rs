@@ -1480,57 +1480,57 @@ impl Node {
         let state = cell.state.clone().lock_owned().await;
         let node = self.clone();
         let rebuilt = cell.clone();
-        let (state, rebuilt) = tokio::task::spawn_blocking(move || {
+        // Served from the blocking thread that rebuilt it: a player waiting
+        // for the takeover goes on from there, not after this task wakes
+        // up again (on a busy node, a millisecond later).
+        let (fresh, position, snapshot, pending) = tokio::task::spawn_blocking(move || {
             let mut state = state;
-            let result = (|| {
-                let started = Instant::now();
-                let (mut session, from) =
-                    node.rebuild(&rebuilt, &mut state, (start, journal), standby)?;
-                let replayed = started.elapsed();
-                let digest = session.state_digest().map_err(NodeError::from_call)?;
-                tracing::debug!(session = %rebuilt.record.id, ?replayed, hashed = ?started.elapsed() - replayed, "rebuilt");
-                state.live = Some(session);
-                // Rebuilt from the start (no snapshot here): a snapshot of
-                // the exact state, for the next wake and the session's
-                // replica, captured now and stored once it serves. From a
-                // snapshot stored here (a handoff's warm one, a replica's)
-                // the store already has what a wake needs: writing
-                // megabytes now would only hold up the first actions'
-                // commits, so the snapshot cadence starts over instead.
-                let pending = if from == 0 {
-                    Some(
-                        Self::capture_snapshot(&rebuilt, &mut state)
-                            .ok_or_else(|| NodeError::Internal("capture failed".into()))?,
-                    )
+            let started = Instant::now();
+            let (mut session, from) =
+                node.rebuild(&rebuilt, &mut state, (start, journal), standby)?;
+            let replayed = started.elapsed();
+            let digest = session.state_digest().map_err(NodeError::from_call)?;
+            tracing::debug!(session = %rebuilt.record.id, ?replayed, hashed = ?started.elapsed() - replayed, "rebuilt");
+            state.live = Some(session);
+            // Rebuilt from the start (no snapshot here): a snapshot of the
+            // exact state, for the next wake and the session's replica,
+            // captured now and stored once it serves. From a snapshot
+            // stored here (a handoff's warm one, a replica's) the store
+            // already has what a wake needs: writing megabytes now would
+            // only hold up the first actions' commits, so the snapshot
+            // cadence starts over instead.
+            let pending = if from == 0 {
+                Some(
+                    Self::capture_snapshot(&rebuilt, &mut state)
+                        .ok_or_else(|| NodeError::Internal("capture failed".into()))?,
+                )
+            } else {
+                state.since_snapshot = 0;
+                None
+            };
+            let position = state.position;
+            rebuilt.arriving.store(true, Ordering::Relaxed);
+            drop(state);
+            let id = &rebuilt.record.id;
+            node.note_restored(id, &rebuilt.record.module, position, from, tokens::hex(&digest));
+            let fresh = {
+                let mut sessions = node.sessions_write();
+                if sessions.contains_key(id) {
+                    false
                 } else {
-                    state.since_snapshot = 0;
-                    None
-                };
-                Ok::<_, NodeError>((from, tokens::hex(&digest), pending))
-            })();
-            (state, result)
+                    sessions.insert(id.clone(), rebuilt.clone());
+                    true
+                }
+            };
+            node.adopted.send_modify(|n| *n += 1);
+            Ok::<_, NodeError>((fresh, position, from, pending))
         })
         .await
-        .map_err(|e| NodeError::Internal(e.to_string()))?;
-        let (snapshot, digest, pending) = rebuilt?;
-        let position = state.position;
-        cell.arriving.store(true, Ordering::Relaxed);
-        drop(state);
-        self.note_restored(id, &cell.record.module, position, snapshot, digest);
+        .map_err(|e| NodeError::Internal(e.to_string()))??;
         if let Some(pending) = pending {
             let node = self.clone();
             tokio::task::spawn_blocking(move || node.store_snapshot(pending));
         }
-        let fresh = {
-            let mut sessions = self.sessions_write();
-            if sessions.contains_key(id) {
-                false
-            } else {
-                sessions.insert(id.to_owned(), cell.clone());
-                true
-            }
-        };
-        self.adopted.send_modify(|n| *n += 1);
         if fresh {
             tracing::info!(session = %id, position, snapshot, "took the session over: snapshot + journal after it");
             self.spawn_ticker(cell);
