@@ -189,16 +189,13 @@ impl LaneReader {
     /// The next frame; `None` at the stream's end or on a malformed frame.
     async fn next(&mut self) -> Option<Frame> {
         loop {
-            let ready = &self.buf[self.at..];
-            if let Some(head) = ready.first_chunk::<4>() {
-                let len = u32::from_be_bytes(*head) as usize;
-                if len > MAX_FRAME {
-                    return None;
+            match split_frame(&self.buf[self.at..]) {
+                Some(Ok((frame, taken))) => {
+                    self.at += taken;
+                    return Some(frame);
                 }
-                if let Some(bytes) = ready.get(4..4 + len) {
-                    self.at += 4 + len;
-                    return postcard::from_bytes(bytes).ok();
-                }
+                Some(Err(())) => return None,
+                None => {}
             }
             self.buf.drain(..self.at);
             self.at = 0;
@@ -206,6 +203,22 @@ impl LaneReader {
             self.buf.extend_from_slice(&chunk.bytes);
         }
     }
+}
+
+/// The first frame in `bytes` and how many bytes it took, once it is whole
+/// (`None` before); an error if it is malformed or too long.
+fn split_frame(bytes: &[u8]) -> Option<Result<(Frame, usize), ()>> {
+    let head = bytes.first_chunk::<4>()?;
+    let len = u32::from_be_bytes(*head) as usize;
+    if len > MAX_FRAME {
+        return Some(Err(()));
+    }
+    let frame = bytes.get(4..4 + len)?;
+    Some(
+        postcard::from_bytes(frame)
+            .map(|frame| (frame, 4 + len))
+            .map_err(|_| ()),
+    )
 }
 
 /// Called once a write is durable, or failed.
@@ -1401,5 +1414,48 @@ impl Driver {
         }
         self.links
             .retain(|_, link| link.connection.close_reason().is_none());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_written_together_are_read_back_one_by_one_from_any_prefix() {
+        let frames = [
+            Frame::Known(vec!["127.0.0.1:1".parse().expect("addr")]),
+            Frame::Known(Vec::new()),
+            Frame::Known(vec!["[::1]:2".parse().expect("addr"); 300]),
+        ];
+        let mut batch = Vec::new();
+        for frame in &frames {
+            encode_frame(frame, &mut batch).expect("encode");
+        }
+        // Whatever part of the batch has arrived, the reader takes the
+        // whole frames in it and waits for the rest.
+        for arrived in 0..=batch.len() {
+            let mut at = 0;
+            let mut read = Vec::new();
+            while let Some(split) = split_frame(&batch[at..arrived]) {
+                let (frame, taken) = split.expect("well formed");
+                read.push(format!("{frame:?}"));
+                at += taken;
+            }
+            let expected: Vec<String> = frames.iter().map(|f| format!("{f:?}")).collect();
+            assert_eq!(read[..], expected[..read.len()], "after {arrived} bytes");
+            if arrived == batch.len() {
+                assert_eq!(read.len(), frames.len());
+            }
+        }
+    }
+
+    #[test]
+    fn an_oversized_or_malformed_frame_is_an_error() {
+        let too_long = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        assert!(matches!(split_frame(&too_long), Some(Err(()))));
+        let mut garbage = 3u32.to_be_bytes().to_vec();
+        garbage.extend_from_slice(&[0xff, 0xff, 0xff]);
+        assert!(matches!(split_frame(&garbage), Some(Err(()))));
     }
 }
