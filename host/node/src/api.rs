@@ -679,6 +679,13 @@ impl Bucket {
     }
 }
 
+/// How long a player's connection waits, once the session moved, for the
+/// action it was running to be answered here before following without
+/// the answer (the new owner then answers it, by its id). An action
+/// journaled before the fence is acknowledged in the step that fences and
+/// one refused by the fence fails at once, so this is only a bound.
+const ANSWER_GRACE: Duration = Duration::from_millis(20);
+
 async fn connection(app: App, id: String, mut socket: impl Follow) {
     // The first message must be a join, soon.
     let first = tokio::time::timeout(Duration::from_secs(10), socket.recv()).await;
@@ -825,18 +832,36 @@ async fn connection(app: App, id: String, mut socket: impl Follow) {
                 }
                 let in_cluster = app.node.mesh.get().is_some();
                 // The action runs on a task of its own: if the session is
-                // fenced for a handoff meanwhile, the player follows it at
-                // once, and the new owner answers the action (its id makes
-                // that safe), while the task finishes its bookkeeping here.
-                let acting = tokio::spawn({
+                // fenced for a handoff meanwhile, the player follows it as
+                // soon as the action is answered here or `ANSWER_GRACE`
+                // passed; unanswered, the new owner answers it (its id
+                // makes that safe) while the task finishes its bookkeeping.
+                let mut acting = tokio::spawn({
                     let (app, id, me, client_id) = (app.clone(), id.clone(), me.to_owned(), client_id.clone());
                     let action = action.to_string();
                     async move { app.node.act(&id, &me, Some(client_id), action).await }
                 });
+                let finished = |done: Result<_, tokio::task::JoinError>| {
+                    done.unwrap_or_else(|e| Err(NodeError::Internal(e.to_string())))
+                };
+                // Where the session went, if it moved while the action ran.
+                let mut gone_to = None;
                 let result = tokio::select! {
-                    done = acting => done.unwrap_or_else(|e| Err(NodeError::Internal(e.to_string()))),
-                    Ok(_) = moved.wait_for(|l| *l != Location::Here), if in_cluster => {
-                        Err(NodeError::Moved("the session moved while the action ran".into()))
+                    biased;
+                    done = &mut acting => finished(done),
+                    Ok(location) = async { moved.wait_for(|l| *l != Location::Here).await.map(|l| l.clone()) }, if in_cluster => {
+                        gone_to = match location {
+                            Location::Moved(to) => Some(to),
+                            Location::Here => None,
+                        };
+                        // An action journaled before the fence is
+                        // acknowledged in the step that fences: answered
+                        // here, the player's next action waits for the
+                        // new owner, not for a round trip after it.
+                        match tokio::time::timeout(ANSWER_GRACE, &mut acting).await {
+                            Ok(done) => finished(done),
+                            Err(_) => Err(NodeError::Moved("the session moved while the action ran".into())),
+                        }
                     }
                 };
                 let reply = match noted(&app, result) {
@@ -858,6 +883,9 @@ async fn connection(app: App, id: String, mut socket: impl Follow) {
                     Err(e) => ServerMessage::Error { id: Some(&client_id), code: e.code(), message: e.to_string() },
                 };
                 if !send(&mut socket, &reply).await { return; }
+                if let Some(to) = gone_to {
+                    return socket.follow(app, id, to, resume).await;
+                }
             }
             batch = events.recv() => {
                 match batch {
