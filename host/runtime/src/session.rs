@@ -437,6 +437,7 @@ impl Live {
         let (offset, len) = u32::try_from(offset)
             .and_then(|offset| Ok((offset, u32::try_from(len)?)))
             .map_err(host)?;
+        self.store.data_mut().view = None;
         f.call(&mut self.store, (offset, len)).map_err(host)?;
         self.store
             .data_mut()

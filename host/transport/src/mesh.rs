@@ -443,6 +443,12 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 impl Mesh {
     /// Binds, starts the driver and dials the seeds. `durable` is what the
     /// node's store kept from its previous boot; changes to it are written
@@ -1341,9 +1347,7 @@ impl Driver {
     /// acknowledgements back until their write is done) and publishes its
     /// events.
     fn flush(&mut self) {
-        let at_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
+        let at_us = now_us();
         if !self.leasing.is_empty() {
             let now = now_ms();
             for (session, entries, deadline, reply) in std::mem::take(&mut self.leasing) {
