@@ -160,6 +160,10 @@ async fn write_lane(
         }
         stream.write_all(&batch).await.map_err(|_| ())?;
         batch.clear();
+        // A rare large frame leaves no large buffer behind it.
+        if batch.capacity() > 4 * MAX_BATCH {
+            batch.shrink_to(MAX_BATCH);
+        }
         let Some(frame) = frames.recv().await else {
             return Ok(());
         };
@@ -198,6 +202,9 @@ impl LaneReader {
                 None => {}
             }
             self.buf.drain(..self.at);
+            if self.buf.len() < MAX_BATCH && self.buf.capacity() > 4 * MAX_BATCH {
+                self.buf.shrink_to(MAX_BATCH);
+            }
             self.at = 0;
             let chunk = self.stream.read_chunk(MAX_BATCH, true).await.ok()??;
             self.buf.extend_from_slice(&chunk.bytes);
