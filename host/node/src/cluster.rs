@@ -370,11 +370,17 @@ pub(crate) async fn join(node: &Arc<Node>, config: &ClusterConfig) -> Result<(),
 /// Turns ownership events into sessions taken over or let go.
 async fn follow(node: Arc<Node>, mut events: broadcast::Receiver<Stamped>) {
     loop {
-        match events.recv().await {
-            Ok(Stamped {
-                event: Event::HandingOff { session, to },
-                ..
-            }) => {
+        let Stamped { event, at_us } = match events.recv().await {
+            Ok(stamped) => stamped,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "fell behind the cluster's events; reconciling");
+                node.reconcile().await;
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        match event {
+            Event::HandingOff { session, to } => {
                 if let Ok(cell) = node.cell_by_id(&session) {
                     cell.leaving
                         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -385,12 +391,9 @@ async fn follow(node: Arc<Node>, mut events: broadcast::Receiver<Stamped>) {
                     mesh.warmed(&session, to).await;
                 }
             }
-            Ok(Stamped {
-                event: Event::Fenced {
-                    session, len, to, ..
-                },
-                at_us,
-            }) => {
+            Event::Fenced {
+                session, len, to, ..
+            } => {
                 // Looked up now, before the session can move away; timed
                 // from when the core reported it.
                 tracing::debug!(%session, position = len, target = %to.name, "fenced for the handoff");
@@ -401,10 +404,7 @@ async fn follow(node: Arc<Node>, mut events: broadcast::Receiver<Stamped>) {
                 }
             }
             // Epoch 1 is a creation: the creating call starts it itself.
-            Ok(Stamped {
-                event: Event::Owner { session, epoch },
-                at_us,
-            }) if epoch > 1 => {
+            Event::Owner { session, epoch } if epoch > 1 => {
                 tracing::debug!(%session, epoch, "owns the session now; restoring it");
                 node.note_owned(&session, at_us);
                 let node = node.clone();
@@ -414,24 +414,13 @@ async fn follow(node: Arc<Node>, mut events: broadcast::Receiver<Stamped>) {
                     }
                 });
             }
-            Ok(Stamped {
-                event: Event::HandoffCalledOff { session, .. },
-                ..
-            }) => node.call_off_handoff(&session),
-            Ok(Stamped {
-                event: Event::SteppedDown { session, epoch, to },
-                ..
-            }) => {
+            Event::HandoffCalledOff { session, .. } => node.call_off_handoff(&session),
+            Event::SteppedDown { session, epoch, to } => {
                 let to = to.map(|id| id.name);
                 tracing::info!(%session, epoch, to = to.as_deref().unwrap_or("?"), "the session moved away");
                 node.release(&session, to).await;
             }
-            Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "fell behind the cluster's events; reconciling");
-                node.reconcile().await;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
+            _ => {}
         }
     }
 }

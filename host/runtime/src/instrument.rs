@@ -520,12 +520,11 @@ fn accessor_module(layout: &Layout) -> Vec<u8> {
         };
         imports.import("guest", &global_export(g.index), EntityType::Global(ty));
     }
-    // Imported functions come first in the function index space (memory
-    // `k` is the accessor's memory `k`, and its `look` function `k`).
+    // Imported functions come first in the function index space: memory
+    // `k`'s `look` is function `k`, as memory `k` is the accessor's memory `k`.
     for m in &layout.memories {
         imports.import("guest", &look_import(m.index), EntityType::Function(7));
     }
-    let look = |k: u32| k;
     let realloc = layout.memories.len() as u32;
     let ensure = realloc + 1;
     let scratch = layout.memories.len() as u32;
@@ -635,11 +634,7 @@ fn accessor_module(layout: &Layout) -> Vec<u8> {
                         // view(offset, len): look(guest[offset..+len]), in place
                         ty = 7;
                         f = Function::new([]);
-                        f.instructions()
-                            .local_get(0)
-                            .local_get(1)
-                            .call(look(mem))
-                            .end();
+                        f.instructions().local_get(0).local_get(1).call(mem).end();
                     }
                     Sig::Write => {
                         // write(offset, ptr, len): scratch[ptr..+len] -> guest[offset..]

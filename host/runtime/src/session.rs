@@ -434,9 +434,8 @@ impl Live {
             .instance
             .get_typed_func::<(u32, u32), ()>(&mut self.store, index)
             .map_err(host)?;
-        let (offset, len) = u32::try_from(offset)
-            .and_then(|offset| Ok((offset, u32::try_from(len)?)))
-            .map_err(host)?;
+        let offset = u32::try_from(offset).map_err(host)?;
+        let len = u32::try_from(len).map_err(host)?;
         self.store.data_mut().view = None;
         f.call(&mut self.store, (offset, len)).map_err(host)?;
         self.store
