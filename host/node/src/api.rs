@@ -726,7 +726,12 @@ async fn connection(app: App, id: String, mut socket: impl Follow) {
         Ok(joined) => joined,
         // Not here, or not servable here right now (moving, no lease yet):
         // follow it or tell the player to reconnect, never blame its message.
-        Err(NodeError::NotFound(m) | NodeError::Moved(m) | NodeError::Unavailable(m)) => {
+        Err(
+            NodeError::NotFound(m)
+            | NodeError::Moved(m)
+            | NodeError::Unavailable(m)
+            | NodeError::Failing(m),
+        ) => {
             let resume = Resume {
                 token,
                 after: after_seq,

@@ -34,9 +34,14 @@ pub enum NodeError {
     /// The session lives on another node now: reconnect (and be routed).
     #[error("{0}")]
     Moved(String),
-    /// Try again later: full, shutting down, store trouble.
+    /// Try again later: full, not ready, moving, a peer out of reach.
     #[error("{0}")]
     Unavailable(String),
+    /// Try again later: this node's instance pool or store failed. Answered
+    /// like [`NodeError::Unavailable`]; the node also turns not ready for a
+    /// moment, so that new players go elsewhere.
+    #[error("{0}")]
+    Failing(String),
     /// A bug or an environment failure.
     #[error("{0}")]
     Internal(String),
@@ -55,7 +60,7 @@ impl NodeError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             NodeError::Moved(_) => StatusCode::MISDIRECTED_REQUEST,
-            NodeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            NodeError::Unavailable(_) | NodeError::Failing(_) => StatusCode::SERVICE_UNAVAILABLE,
             NodeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -90,7 +95,7 @@ impl NodeError {
             NodeError::Refused(_) => "refused",
             NodeError::RulesFailed(_) => "rules_failed",
             NodeError::Moved(_) => "moved",
-            NodeError::Unavailable(_) => "unavailable",
+            NodeError::Unavailable(_) | NodeError::Failing(_) => "unavailable",
             NodeError::Internal(_) => "internal",
         }
     }

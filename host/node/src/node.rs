@@ -610,10 +610,13 @@ impl Node {
         Ok(())
     }
 
-    /// Notes a 503-class failure: `/readyz` fails for a while, so a load
-    /// balancer sends new players elsewhere.
+    /// Notes a failure of this node's instance pool or store: `/readyz`
+    /// fails for a while, so a load balancer sends new players elsewhere.
+    /// Only [`NodeError::Failing`]: a refusal (full, not ready, moving)
+    /// is no failure, and counting "not ready" as one would keep a node
+    /// not ready for as long as clients retry.
     pub(crate) fn degraded(&self, error: &NodeError) {
-        if matches!(error, NodeError::Unavailable(_)) {
+        if matches!(error, NodeError::Failing(_)) {
             self.degraded_until
                 .store(now_ms() + 5_000, Ordering::Relaxed);
         }
@@ -1934,7 +1937,7 @@ impl Node {
             Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
             None => Ok(()),
         }
-        .map_err(|e| NodeError::Unavailable(format!("the journal could not be written: {e}")))
+        .map_err(|e| NodeError::Failing(format!("the journal could not be written: {e}")))
     }
 
     /// Captures a checkpoint now (microseconds, under the lock) and encodes
@@ -2405,7 +2408,7 @@ fn act_outcome(applied: &Applied) -> Option<ActOutcome> {
 impl NodeError {
     pub(crate) fn from_call(e: CallError) -> Self {
         match e {
-            CallError::PoolExhausted => NodeError::Unavailable(e.to_string()),
+            CallError::PoolExhausted => NodeError::Failing(e.to_string()),
             other => NodeError::RulesFailed(other.to_string()),
         }
     }
@@ -2415,7 +2418,7 @@ impl From<StoreError> for NodeError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict { .. } => NodeError::Conflict(e.to_string()),
-            other => NodeError::Unavailable(other.to_string()),
+            other => NodeError::Failing(other.to_string()),
         }
     }
 }

@@ -162,7 +162,7 @@ fn wat_component() -> Vec<u8> {
 }
 
 #[test]
-fn a_full_pool_or_node_answers_503_and_a_full_pool_flips_readyz() {
+fn a_full_pool_or_node_answers_503_and_only_a_full_pool_flips_readyz() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("node.toml");
     std::fs::write(
@@ -196,4 +196,9 @@ fn a_full_pool_or_node_answers_503_and_a_full_pool_flips_readyz() {
             .contains("maximum of 2 sessions"),
         "{body}"
     );
+    // A refusal is no failure: the node stays ready (it once counted every
+    // 503 as one, and in a cluster a refusal for not being ready then kept
+    // the node not ready for as long as clients retried).
+    let (status, body) = node.http("GET", "/readyz", None, b"");
+    assert_eq!(status, 200, "{body}");
 }
