@@ -398,9 +398,7 @@ async fn follow(node: Arc<Node>, mut events: broadcast::Receiver<Stamped>) {
                 // from when the core reported it.
                 tracing::debug!(%session, position = len, target = %to.name, "fenced for the handoff");
                 if let Ok(cell) = node.cell_by_id(&session) {
-                    // Counted here, before the drain can see it end.
-                    node.fence_notes.send_modify(|n| *n += 1);
-                    tokio::spawn(crate::handoff::fenced(node.clone(), cell, len, to, at_us));
+                    crate::handoff::fenced(&node, cell, len, to, at_us);
                 }
             }
             // Epoch 1 is a creation: the creating call starts it itself.

@@ -182,7 +182,7 @@ async fn send_snapshot(node: &Arc<Node>, id: &str, to: &str) -> Result<Option<u6
     let Some(mesh) = node.mesh.get() else {
         return Ok(None);
     };
-    if !speaks_handoff(mesh, to).await {
+    if !speaks_handoff(mesh, to) {
         // An older host: it takes the session over from the journal alone.
         return Ok(None);
     }
@@ -211,21 +211,38 @@ impl Drop for FenceNoteSent {
     }
 }
 
-/// At the fence: hashes the session as it stands and tells the target.
-pub(crate) async fn fenced(
-    node: Arc<Node>,
+/// At the fence (called as the host reads the event): the session's
+/// players here go to the target at once, and a task hashes the session
+/// and tells the target.
+pub(crate) fn fenced(
+    node: &Arc<Node>,
     cell: Arc<SessionCell>,
     position: u64,
     to: NodeId,
     fenced_at_us: u64,
 ) {
-    let id = cell.record.id.clone();
-    let _sending = FenceNoteSent(node.clone());
     let Some(mesh) = node.mesh.get() else { return };
-    if !speaks_handoff(mesh, &to.name).await {
+    if !speaks_handoff(mesh, &to.name) {
         return;
     }
     node.send_players_ahead(&cell, &to.name);
+    // Counted here, before the drain can see it end.
+    node.fence_notes.send_modify(|n| *n += 1);
+    let sending = FenceNoteSent(node.clone());
+    tokio::spawn(send_fence_note(sending, cell, position, to, fenced_at_us));
+}
+
+/// Hashes the session as it stands at the fence and tells the target.
+async fn send_fence_note(
+    sending: FenceNoteSent,
+    cell: Arc<SessionCell>,
+    position: u64,
+    to: NodeId,
+    fenced_at_us: u64,
+) {
+    let node = sending.0.clone();
+    let id = cell.record.id.clone();
+    let Some(mesh) = node.mesh.get() else { return };
     let digest = match node.digest_at(cell, position).await {
         Ok(digest) => digest,
         Err(e) => {
@@ -254,9 +271,8 @@ pub(crate) async fn fenced(
 }
 
 /// Whether node `to` takes snapshots and fence notes (wire version 2).
-async fn speaks_handoff(mesh: &baton_transport::Mesh, to: &str) -> bool {
+fn speaks_handoff(mesh: &baton_transport::Mesh, to: &str) -> bool {
     mesh.wire_version(to)
-        .await
         .is_some_and(|v| v >= snapshots::SNAPSHOT_WIRE_VERSION)
 }
 

@@ -277,7 +277,7 @@ pub(crate) async fn ship(node: Arc<Node>, id: String, module: String, shipper: A
             return shipper.stop();
         };
         let replica = record.replica;
-        match mesh.wire_version(&replica).await {
+        match mesh.wire_version(&replica) {
             Some(version) if version < SNAPSHOT_WIRE_VERSION => {
                 // An older host: it rebuilds from the journal alone.
                 shipper.failed();

@@ -393,10 +393,6 @@ enum Command {
     Modules {
         reply: oneshot::Sender<Vec<(String, String)>>,
     },
-    Connection {
-        name: String,
-        reply: oneshot::Sender<Option<(quinn::Connection, u32)>>,
-    },
     Peers {
         reply: oneshot::Sender<Vec<NodeId>>,
     },
@@ -430,7 +426,14 @@ pub struct Mesh {
     addr: SocketAddr,
     name: String,
     synced: Arc<std::sync::atomic::AtomicBool>,
+    connections: Connections,
 }
+
+/// The connection to each peer and the wire version spoken on it, shared
+/// by the driver (which keeps it current) with the host: opening a stream
+/// or asking a peer's version is on the path of every handoff and relayed
+/// player, and should not wait for a busy driver's turn.
+type Connections = Arc<std::sync::RwLock<BTreeMap<String, (quinn::Connection, u32)>>>;
 
 /// An event of the node, stamped with when the core reported it.
 #[derive(Clone, Debug)]
@@ -492,6 +495,7 @@ impl Mesh {
         let (tunnels_tx, tunnels) = mpsc::channel(1024);
         let (written_tx, written_rx) = mpsc::unbounded_channel();
         let synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections = Connections::default();
         // Accept loop.
         {
             let transport = transport.clone();
@@ -529,6 +533,7 @@ impl Mesh {
             failed: None,
             leasing: Vec::new(),
             synced: synced.clone(),
+            connections: connections.clone(),
             alone_until: (!config.seeds.is_empty())
                 .then(|| tokio::time::Instant::now() + MEET_WAIT),
             draining: Vec::new(),
@@ -537,6 +542,7 @@ impl Mesh {
         tokio::spawn(driver.run(rx, written_rx));
         Ok(Mesh {
             synced,
+            connections,
             inputs,
             events,
             records,
@@ -721,24 +727,24 @@ impl Mesh {
 
     /// The wire version spoken with node `name` (2 for `baton/2`), if
     /// connected to it.
-    pub async fn wire_version(&self, name: &str) -> Option<u32> {
-        let name = name.to_owned();
-        self.ask(|reply| Command::Connection { name, reply })
-            .await
-            .flatten()
-            .map(|(_, version)| version)
+    pub fn wire_version(&self, name: &str) -> Option<u32> {
+        self.connection(name).map(|(_, version)| version)
+    }
+
+    /// The open connection to node `name` and its wire version.
+    fn connection(&self, name: &str) -> Option<(quinn::Connection, u32)> {
+        self.connections
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .filter(|(connection, _)| connection.close_reason().is_none())
+            .cloned()
     }
 
     /// Opens a bidirectional stream to node `name`.
     pub async fn open(&self, name: &str) -> Result<(quinn::SendStream, quinn::RecvStream), String> {
-        let wanted = name.to_owned();
         let (connection, _) = self
-            .ask(|reply| Command::Connection {
-                name: wanted,
-                reply,
-            })
-            .await
-            .flatten()
+            .connection(name)
             .ok_or_else(|| format!("not connected to {name}"))?;
         connection
             .open_bi()
@@ -850,6 +856,8 @@ struct Driver {
     draining: Vec<oneshot::Sender<usize>>,
     /// Shared with `Mesh::synced`.
     synced: Arc<std::sync::atomic::AtomicBool>,
+    /// Shared with the `Mesh`: `links`' connections, kept current.
+    connections: Connections,
     /// Until when a node given seeds waits to meet a peer before it calls
     /// itself synced: before, "every peer it sees" is vacuously none.
     /// `None` once it met one (or has no seeds).
@@ -1027,14 +1035,6 @@ impl Driver {
             }
             Command::Modules { reply } => {
                 let _ = reply.send(self.node.modules());
-            }
-            Command::Connection { name, reply } => {
-                let connection = self
-                    .links
-                    .get(&name)
-                    .filter(|l| l.connection.close_reason().is_none())
-                    .map(|l| (l.connection.clone(), l.version));
-                let _ = reply.send(connection);
             }
             Command::Peers { reply } => {
                 let _ = reply.send(self.node.peers_up());
@@ -1336,6 +1336,20 @@ impl Driver {
                 version: crate::wire_version_number(&peer.version),
             },
         );
+        self.share_connections();
+    }
+
+    /// Publishes `links`' connections to the `Mesh`.
+    fn share_connections(&self) {
+        let connections = self
+            .links
+            .iter()
+            .map(|(name, link)| (name.clone(), (link.connection.clone(), link.version)))
+            .collect();
+        *self
+            .connections
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = connections;
     }
 
     fn send(&mut self, to: NodeId, message: Message) {
@@ -1423,8 +1437,12 @@ impl Driver {
             self.records_seen = records;
             self.records.send_modify(|n| *n += 1);
         }
+        let links = self.links.len();
         self.links
             .retain(|_, link| link.connection.close_reason().is_none());
+        if self.links.len() != links {
+            self.share_connections();
+        }
     }
 }
 
