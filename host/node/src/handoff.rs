@@ -167,12 +167,8 @@ pub(crate) async fn warm(node: Arc<Node>, id: String, module: String, to: NodeId
             tracing::warn!(session = %id, target = %to.name, error = %e, "could not warm the handoff target; it will replay the journal");
         }
     }
-    if let Ok(cell) = node.cell_by_id(&id) {
-        // Before the core hears of it: a call that starts after this
-        // keeps the hash the fence may need.
-        cell.fence_near
-            .store(true, std::sync::atomic::Ordering::Release);
-    }
+    // Before the core hears of it (if the transfer did not already).
+    node.fence_near(&id);
     if let Some(mesh) = node.mesh.get() {
         mesh.warmed(&id, to).await;
     }
@@ -197,7 +193,12 @@ async fn send_snapshot(node: &Arc<Node>, id: &str, to: &str) -> Result<Option<u6
     else {
         return Ok(None);
     };
-    snapshots::offer_whole(mesh, to, id, position, &sealed, tail, true).await?;
+    // The fence is near once the body is on its way: the target's store
+    // and restore take a few milliseconds more, in which calls go on.
+    snapshots::offer_whole(mesh, to, id, position, &sealed, tail, || {
+        node.fence_near(id)
+    })
+    .await?;
     Ok(Some(sealed.len() as u64))
 }
 
@@ -382,6 +383,17 @@ impl Node {
             arrival.first_applied_us.get_or_insert(applied_us);
             arrival.first_acked_us.get_or_insert(acked);
         });
+    }
+
+    /// Session `id`'s fence is near: a call that starts from now on first
+    /// hashes the state, the hash the fence needs if the core refuses to
+    /// journal that call (without it, the old owner rebuilds the session
+    /// from its journal to hash it, on the cores the takeover needs).
+    pub(crate) fn fence_near(&self, id: &str) {
+        if let Ok(cell) = self.cell_by_id(id) {
+            cell.fence_near
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// A handoff was called off: the session stays here, snapshots as

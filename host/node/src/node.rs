@@ -194,8 +194,8 @@ pub(crate) struct SessionCell {
     /// Being handed off: the target gets a warm snapshot, and background
     /// snapshots here would only load the disk its players wait on.
     pub(crate) leaving: AtomicBool,
-    /// The target is warm: the core may fence at any moment, so each call
-    /// first hashes the state (see [`SessionState::digest_before`]).
+    /// The target is (nearly) warm: the core may fence at any moment, so
+    /// each call first hashes the state (see [`SessionState::digest_before`]).
     /// Not while the warm snapshot is on its way: for a large session
     /// that would read all its memory on every call for no gain.
     pub(crate) fence_near: AtomicBool,
@@ -1667,39 +1667,37 @@ impl Node {
         let id = &cell.record.id;
         let mut state = cell.state.clone().lock_owned().await;
         let live_there = state.live.is_some() && state.position == position;
-        if !live_there
-            && let Some((before, digest)) = state.digest_before
-            && before == position
-        {
-            return Ok(tokens::hex(&digest));
-        }
-        let journal = if live_there {
-            None
+        let node = self.clone();
+        let digest = if live_there {
+            tokio::task::spawn_blocking(move || match state.live.as_mut() {
+                Some(live) => live.state_digest().map_err(NodeError::from_call),
+                None => Err(NodeError::Internal("the session is not live".into())),
+            })
+            .await
         } else {
+            if let Some((before, digest)) = state.digest_before
+                && before == position
+            {
+                return Ok(tokens::hex(&digest));
+            }
             tracing::debug!(session = %id, position, live = state.live.is_some(), at = state.position, "rebuilding the session to hash it");
+            // Rebuilt on a throwaway copy: the live bookkeeping stays as it
+            // is, and a call waiting for the session (to learn that it
+            // moved) does not wait for the rebuild.
+            drop(state);
             let mut journal = mesh.journal(id, 0).await;
             journal.truncate(position as usize);
-            Some(journal)
+            tokio::task::spawn_blocking(move || {
+                let copy = node.cell(cell.record.clone(), cell.origin.clone());
+                let mut scratch = copy.state.blocking_lock();
+                let (mut session, _) = node.rebuild(&copy, &mut scratch, (0, journal), None)?;
+                session.state_digest().map_err(NodeError::from_call)
+            })
+            .await
         };
-        let node = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let digest = match journal {
-                None => state.live.as_mut().map(Session::state_digest),
-                Some(journal) => {
-                    // A throwaway copy: the live bookkeeping stays as it is.
-                    let copy = node.cell(cell.record.clone(), cell.origin.clone());
-                    let mut scratch = copy.state.blocking_lock();
-                    let (mut session, _) = node.rebuild(&copy, &mut scratch, (0, journal), None)?;
-                    Some(session.state_digest())
-                }
-            };
-            match digest {
-                Some(digest) => Ok(tokens::hex(&digest.map_err(NodeError::from_call)?)),
-                None => Err(NodeError::Internal("the session is not live".into())),
-            }
-        })
-        .await
-        .map_err(|e| NodeError::Internal(e.to_string()))?
+        Ok(tokens::hex(
+            &digest.map_err(|e| NodeError::Internal(e.to_string()))??,
+        ))
     }
 
     /// The state of session `id` as this node's replicated copy of its

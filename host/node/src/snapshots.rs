@@ -376,7 +376,7 @@ async fn transfer(
         tail,
         standby: false,
     };
-    let answer = send(mesh, replica, offered, &body).await;
+    let answer = send(mesh, replica, offered, &body, || {}).await;
     let kind = if base.is_some() { "delta" } else { "full" };
     match answer {
         Ok(Ok(())) => Ok((kind, bytes)),
@@ -386,8 +386,10 @@ async fn transfer(
     }
 }
 
-/// Sends node `to` a whole sealed snapshot of session `id` at `position`
-/// (a handoff target, before the fence).
+/// Sends node `to` a whole sealed snapshot of session `id` at `position`,
+/// a handoff's warm one (the target restores it right away); `sent` runs
+/// once the body is on its way, before the target has stored and
+/// restored it.
 pub(crate) async fn offer_whole(
     mesh: &Mesh,
     to: &str,
@@ -395,16 +397,16 @@ pub(crate) async fn offer_whole(
     position: u64,
     sealed: &[u8],
     tail: Tail,
-    standby: bool,
+    sent: impl FnOnce(),
 ) -> Result<(), NodeError> {
     let offered = Offered {
         session: id.to_owned(),
         position,
         base: None,
         tail,
-        standby,
+        standby: true,
     };
-    send(mesh, to, offered, sealed)
+    send(mesh, to, offered, sealed, sent)
         .await?
         .map_err(NodeError::from)
 }
@@ -415,6 +417,7 @@ async fn send(
     to: &str,
     offered: Offered,
     body: &[u8],
+    sent: impl FnOnce(),
 ) -> Result<Result<(), RemoteError>, NodeError> {
     let (mut send, mut recv) = mesh.open(to).await.map_err(NodeError::Unavailable)?;
     // Bulk: the connection's other streams (the protocol's messages, a
@@ -423,6 +426,7 @@ async fn send(
     write_json(&mut send, &Forward::Snapshot(offered)).await?;
     write_frame(&mut send, body).await?;
     let _ = send.finish();
+    sent();
     read_json::<Result<(), RemoteError>>(&mut recv).await
 }
 
