@@ -623,8 +623,7 @@ pub(super) fn run_benchmark() {
             errors.extend(round.errors);
             drains.push(round.drain.as_secs_f64() * 1e3);
             if let Some(redis) = &redis {
-                size = round.states.iter().map(Vec::len).sum::<usize>()
-                    / round.states.len().max(1);
+                size = round.states.iter().map(Vec::len).sum::<usize>() / round.states.len().max(1);
                 stash.extend(redis_cutover(redis, &round.states));
             }
         }
