@@ -241,7 +241,7 @@ async fn send_fence_note(
     to: NodeId,
     fenced_at_us: u64,
 ) {
-    let node = sending.0.clone();
+    let node = &sending.0;
     let id = cell.record.id.clone();
     let Some(mesh) = node.mesh.get() else { return };
     let digest = match node.digest_at(cell, position).await {

@@ -534,8 +534,10 @@ struct Round {
     errors: Vec<String>,
     /// SIGTERM to node-a's exit.
     drain: Duration,
-    /// The sessions' full states after the deploy, for the baseline.
-    states: Vec<Vec<u8>>,
+    /// The baseline on the same sessions' full states, with Redis: each
+    /// one's stash and read back (ms), and their mean size.
+    stash: Vec<f64>,
+    state_bytes: usize,
 }
 
 /// A fresh cluster with `n` sessions of `workload` owned by node-a, their
@@ -543,6 +545,7 @@ struct Round {
 /// SIGTERM.
 fn deploy_round(
     runtime: &tokio::runtime::Runtime,
+    redis: Option<&Redis>,
     parent: &Path,
     workload: Workload,
     n: usize,
@@ -566,6 +569,7 @@ fn deploy_round(
         .into_iter()
         .map(|p| runtime.block_on(p).expect("player"))
         .collect();
+    let states = redis.map(|_| full_states(&c, &ids)).unwrap_or_default();
     Round {
         measured: arrivals(&c, &ids),
         stalls: played
@@ -578,7 +582,8 @@ fn deploy_round(
             .collect(),
         errors: played.iter().filter_map(|p| p.error.clone()).collect(),
         drain,
-        states: full_states(&c, &ids),
+        stash: redis.map(|r| redis_cutover(r, &states)).unwrap_or_default(),
+        state_bytes: states.iter().map(Vec::len).sum::<usize>() / states.len().max(1),
     }
 }
 
@@ -616,16 +621,14 @@ pub(super) fn run_benchmark() {
         let (mut drains, mut stash) = (Vec::new(), Vec::new());
         let mut size = 0;
         for _ in 0..ROUNDS {
-            let round = deploy_round(&runtime, Path::new(&parent), workload, n);
+            let round = deploy_round(&runtime, redis.as_ref(), Path::new(&parent), workload, n);
             measured.extend(round.measured);
             stalls.extend(round.stalls);
             rtts.extend(round.rtts);
             errors.extend(round.errors);
             drains.push(round.drain.as_secs_f64() * 1e3);
-            if let Some(redis) = &redis {
-                size = round.states.iter().map(Vec::len).sum::<usize>() / round.states.len().max(1);
-                stash.extend(redis_cutover(redis, &round.states));
-            }
+            stash.extend(round.stash);
+            size = round.state_bytes;
         }
         println!("  {label}, {ROUNDS} deploys");
         println!(
