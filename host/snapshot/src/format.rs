@@ -178,12 +178,21 @@ impl Image {
 
     /// Encodes the image as a full snapshot.
     pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the image, encoded as a full snapshot, to `out`: behind a
+    /// header of the caller's, without copying megabytes once more.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         let memories: MemoryRefs<'_> = self
             .memories
             .iter()
             .map(|m| (m.size, m.pages.iter().map(|(i, p)| (*i, &p[..])).collect()))
             .collect();
-        encode(
+        encode_into(
+            out,
             KIND_FULL,
             &self.module,
             0,
@@ -317,7 +326,41 @@ fn encode(
     globals: &[u8],
     memories: &MemoryRefs<'_>,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
+    let mut out = Vec::new();
+    encode_into(
+        &mut out, kind, module, base, position, now, globals, memories,
+    );
+    out
+}
+
+/// Appends the encoding to `out`, sized once up front: a multi-megabyte
+/// snapshot grown by doubling was copied and faulted in several times over.
+#[allow(clippy::too_many_arguments)]
+fn encode_into(
+    out: &mut Vec<u8>,
+    kind: u8,
+    module: &ModuleHash,
+    base: u64,
+    position: u64,
+    now: u64,
+    globals: &[u8],
+    memories: &MemoryRefs<'_>,
+) {
+    let start = out.len();
+    let bound = 8
+        + 2
+        + 1
+        + 32
+        + 3 * 8
+        + 4
+        + globals.len()
+        + 4
+        + 8
+        + memories
+            .iter()
+            .map(|(_, pages)| 12 + 4 * pages.len() + compress_bound(pages.len() * PAGE))
+            .sum::<usize>();
+    out.reserve(bound);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.push(kind);
@@ -328,50 +371,134 @@ fn encode(
     out.extend_from_slice(&(globals.len() as u32).to_le_bytes());
     out.extend_from_slice(globals);
     out.extend_from_slice(&(memories.len() as u32).to_le_bytes());
-    let mut raw = Vec::new();
     for (size, pages) in memories {
         out.extend_from_slice(&size.to_le_bytes());
         out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
-        raw.clear();
-        for (index, page) in pages {
+        for (index, _) in pages {
             out.extend_from_slice(&index.to_le_bytes());
-            raw.extend_from_slice(page);
         }
-        let payload = compress(&raw);
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&payload);
+        let len_at = out.len();
+        out.extend_from_slice(&0u32.to_le_bytes());
+        compress_pages(pages, out);
+        let payload = (out.len() - len_at - 4) as u32;
+        out[len_at..len_at + 4].copy_from_slice(&payload.to_le_bytes());
     }
-    let checksum = xxhash_rust::xxh3::xxh3_64(&out);
+    let checksum = xxhash_rust::xxh3::xxh3_64(&out[start..]);
     out.extend_from_slice(&checksum.to_le_bytes());
-    out
 }
 
-fn compress(raw: &[u8]) -> Vec<u8> {
-    if raw.is_empty() {
-        return Vec::new();
+fn compress_bound(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        zstd::zstd_safe::compress_bound(len)
     }
+}
+
+/// Appends one zstd frame of `pages`, in order, to `out` (nothing for no
+/// pages), streamed page by page: gathering them into one buffer first cost
+/// a copy and a fresh allocation, faulted in, per snapshot.
+fn compress_pages(pages: &[(u32, &[u8])], out: &mut Vec<u8>) {
+    use zstd::zstd_safe::{InBuffer, OutBuffer, ResetDirective, zstd_sys::ZSTD_EndDirective};
+    if pages.is_empty() {
+        return;
+    }
+    let len: usize = pages.iter().map(|(_, page)| page.len()).sum();
     thread_local! {
         static COMPRESSOR: Kept<zstd::bulk::Compressor<'static>> = const { RefCell::new(None) };
     }
-    // Compressing into a buffer can only fail on allocation; zstd's bound
-    // covers incompressible data.
-    with_kept(
+    // Compressing can only fail on allocation (or a zstd bug): `out` has
+    // room for zstd's bound, which covers incompressible data.
+    let compressed = with_kept(
         &COMPRESSOR,
         || zstd::bulk::Compressor::new(ZSTD_LEVEL),
-        |compressor| compressor.compress(raw),
-    )
-    .unwrap_or_else(|e| panic!("zstd compression failed: {e}"))
+        |compressor| {
+            let context = compressor.context_mut();
+            let failed = |code| std::io::Error::other(zstd::zstd_safe::get_error_name(code));
+            context.reset(ResetDirective::SessionOnly).map_err(failed)?;
+            context
+                .set_pledged_src_size(Some(len as u64))
+                .map_err(failed)?;
+            let mut stream = |bytes: &[u8], directive| -> std::io::Result<()> {
+                let mut input = InBuffer::around(bytes);
+                loop {
+                    out.reserve(PAGE);
+                    let at = out.len();
+                    let mut output = OutBuffer::around_pos(out, at);
+                    let left = context
+                        .compress_stream2(&mut output, &mut input, directive)
+                        .map_err(failed)?;
+                    let done = match directive {
+                        ZSTD_EndDirective::ZSTD_e_end => left == 0,
+                        _ => input.pos() == bytes.len(),
+                    };
+                    if done {
+                        return Ok(());
+                    }
+                }
+            };
+            for (_, page) in pages {
+                stream(page, ZSTD_EndDirective::ZSTD_e_continue)?;
+            }
+            stream(&[], ZSTD_EndDirective::ZSTD_e_end)
+        },
+    );
+    compressed.unwrap_or_else(|e| panic!("zstd compression failed: {e}"));
 }
 
-/// Decompresses `payload` into `len` bytes at most.
-fn decompress(payload: &[u8], len: usize) -> std::io::Result<Vec<u8>> {
+/// Decompresses `payload`, one zstd frame, into `pages` pages: streamed
+/// into each page's own buffer, with no whole-payload buffer in between.
+/// Errors unless the frame holds exactly that many bytes.
+fn decompress_pages(payload: &[u8], pages: usize) -> std::io::Result<Vec<Page>> {
+    use zstd::zstd_safe::{InBuffer, OutBuffer, ResetDirective};
     thread_local! {
-        static DECOMPRESSOR: Kept<zstd::bulk::Decompressor<'static>> = const { RefCell::new(None) };
+        static DECOMPRESSOR: Kept<zstd::zstd_safe::DCtx<'static>> = const { RefCell::new(None) };
     }
+    let wrong = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
     with_kept(
         &DECOMPRESSOR,
-        zstd::bulk::Decompressor::new,
-        |decompressor| decompressor.decompress(payload, len),
+        || Ok(zstd::zstd_safe::DCtx::create()),
+        |context| {
+            let failed = |code| std::io::Error::other(zstd::zstd_safe::get_error_name(code));
+            context.reset(ResetDirective::SessionOnly).map_err(failed)?;
+            let mut input = InBuffer::around(payload);
+            let mut decoded = Vec::with_capacity(pages);
+            // What the last call left to flush (0: the frame is complete).
+            let mut left = 1;
+            for _ in 0..pages {
+                let mut page = vec![0u8; PAGE];
+                let mut output = OutBuffer::around(&mut page[..]);
+                while output.pos() < PAGE {
+                    let before = (input.pos(), output.pos());
+                    left = context
+                        .decompress_stream(&mut output, &mut input)
+                        .map_err(failed)?;
+                    if (input.pos(), output.pos()) == before {
+                        return Err(wrong("fewer bytes than its pages"));
+                    }
+                }
+                decoded.push(page.into_boxed_slice());
+            }
+            // The frame must end here: its last bytes may still be unread.
+            while left != 0 {
+                let mut spare = [0u8; 1];
+                let mut output = OutBuffer::around(&mut spare[..]);
+                let before = input.pos();
+                left = context
+                    .decompress_stream(&mut output, &mut input)
+                    .map_err(failed)?;
+                if output.pos() != 0 {
+                    return Err(wrong("more bytes than its pages"));
+                }
+                if input.pos() == before && left != 0 {
+                    return Err(wrong("a truncated frame"));
+                }
+            }
+            if input.pos() != payload.len() {
+                return Err(wrong("bytes after its frame"));
+            }
+            Ok(decoded)
+        },
     )
 }
 
@@ -486,23 +613,16 @@ fn decode(bytes: &[u8], expected_kind: u8) -> Result<Raw, SnapshotError> {
         }
         let payload_len = r.u32()? as usize;
         let payload = r.take(payload_len)?;
-        let expected_len = page_count * PAGE;
-        let raw = if expected_len == 0 {
+        let pages = if page_count == 0 {
             if !payload.is_empty() {
                 return Err(malformed("a payload for no pages"));
             }
             Vec::new()
         } else {
-            decompress(payload, expected_len).map_err(|e| malformed(&format!("page data: {e}")))?
+            decompress_pages(payload, page_count)
+                .map_err(|e| malformed(&format!("page data: {e}")))?
         };
-        if raw.len() != expected_len {
-            return Err(malformed("page data of the wrong length"));
-        }
-        let pages = indices
-            .into_iter()
-            .zip(raw.chunks_exact(PAGE))
-            .map(|(index, page)| (index, Page::from(page)))
-            .collect();
+        let pages = indices.into_iter().zip(pages).collect();
         memories.push((size, pages));
     }
     if r.remaining() != 0 {
@@ -735,6 +855,112 @@ mod tests {
             Image::decode(&reseal(unordered)),
             Err(SnapshotError::Malformed(_))
         ));
+    }
+
+    /// Encodes `image` with its one memory's pages given as `data`, one
+    /// zstd frame made by `frame`, behind a valid checksum.
+    fn with_frame(image: &Image, frame: impl Fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
+        let memory = &image.memories[0];
+        let raw: Vec<u8> = memory
+            .pages
+            .values()
+            .flat_map(|p| p.iter().copied())
+            .collect();
+        let mut out = Vec::new();
+        encode_into(
+            &mut out,
+            KIND_FULL,
+            &image.module,
+            0,
+            image.position,
+            image.now,
+            &image.globals,
+            &vec![(memory.size, Vec::new())],
+        );
+        // Cut before the (empty) payload length and the checksum, then
+        // write the pages' indices and the given frame.
+        out.truncate(out.len() - 8 - 8);
+        out.extend_from_slice(&(memory.pages.len() as u32).to_le_bytes());
+        for index in memory.pages.keys() {
+            out.extend_from_slice(&index.to_le_bytes());
+        }
+        let payload = frame(&raw);
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&payload);
+        out.extend_from_slice(&[0; 8]);
+        reseal(out)
+    }
+
+    fn one_memory() -> Image {
+        let mut image = Image::fresh(ModuleHash([7; 32]), vec![1, 2, 3, 4], [2]);
+        image.memories[0].pages.insert(3, page(0xaa));
+        image.memories[0].pages.insert(17, page(0x01));
+        image
+    }
+
+    #[test]
+    fn snapshots_compressed_in_one_piece_decode_as_before() {
+        // Hosts before page-by-page streaming wrote each memory as one
+        // zstd frame of all its pages, compressed at once; both ways of
+        // writing are the same format, read by one decoder.
+        let image = one_memory();
+        let whole = with_frame(&image, |raw| {
+            zstd::bulk::compress(raw, ZSTD_LEVEL).expect("zstd")
+        });
+        assert_eq!(Image::decode(&whole), Ok(image.clone()));
+        // And what this host streams, an older one reads in one piece.
+        let pages: Vec<(u32, &[u8])> = image.memories[0]
+            .pages
+            .iter()
+            .map(|(i, p)| (*i, &p[..]))
+            .collect();
+        let mut frame = Vec::new();
+        compress_pages(&pages, &mut frame);
+        let raw: Vec<u8> = pages.iter().flat_map(|(_, p)| p.iter().copied()).collect();
+        assert_eq!(
+            zstd::bulk::decompress(&frame, raw.len()).expect("one piece"),
+            raw
+        );
+        assert_eq!(with_frame(&image, |_| frame.clone()), image.encode());
+    }
+
+    #[test]
+    fn a_frame_that_disagrees_with_its_page_list_is_refused() {
+        let image = one_memory();
+        let compress = |raw: &[u8]| zstd::bulk::compress(raw, ZSTD_LEVEL).expect("zstd");
+        let cases = [
+            (
+                "a page short",
+                with_frame(&image, |raw| compress(&raw[PAGE..])),
+            ),
+            (
+                "a byte short",
+                with_frame(&image, |raw| compress(&raw[1..])),
+            ),
+            (
+                "a byte over",
+                with_frame(&image, |raw| compress(&[raw, &[0]].concat())),
+            ),
+            (
+                "a truncated frame",
+                with_frame(&image, |raw| {
+                    let frame = compress(raw);
+                    frame[..frame.len() - 3].to_vec()
+                }),
+            ),
+            (
+                "bytes after the frame",
+                with_frame(&image, |raw| [compress(raw), vec![0]].concat()),
+            ),
+        ];
+        for (what, bytes) in cases {
+            let decoded = Image::decode(&bytes);
+            assert!(
+                matches!(decoded, Err(SnapshotError::Malformed(_))),
+                "{what}: {:?}",
+                decoded.map(|i| i.dirty_bytes())
+            );
+        }
     }
 
     proptest::proptest! {
