@@ -2343,7 +2343,7 @@ impl PendingSnapshot {
     /// The snapshot as stored and shipped: its bookkeeping and its encoded
     /// image, sealed (blocking).
     fn seal(&self) -> Vec<u8> {
-        snapshots::seal(&self.meta.to_json(), &self.image.encode())
+        snapshots::seal_image(&self.meta.to_json(), &self.image)
     }
 }
 

@@ -107,6 +107,30 @@ pub(crate) fn seal(meta: &[u8], snapshot: &[u8]) -> Vec<u8> {
     out
 }
 
+/// [`seal`] of `image`, encoded in place behind its bookkeeping.
+pub(crate) fn seal_image(meta: &[u8], image: &Image) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + meta.len());
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(meta);
+    image.encode_into(&mut out);
+    out
+}
+
+/// `sealed` with its bookkeeping replaced by `meta`, in the same buffer
+/// (a fresh one would be megabytes more to fault in and copy). `sealed`
+/// must open (see [`open`]).
+fn reseal(mut sealed: Vec<u8>, meta: &[u8]) -> Vec<u8> {
+    let old = sealed.get(..4).map_or(0, |len| {
+        u32::from_le_bytes(len.try_into().unwrap_or_default()) as usize
+    });
+    let header = (meta.len() as u32)
+        .to_le_bytes()
+        .into_iter()
+        .chain(meta.iter().copied());
+    sealed.splice(..(4 + old).min(sealed.len()), header);
+    sealed
+}
+
 /// Splits a sealed snapshot into its bookkeeping and the snapshot.
 pub(crate) fn open(stored: &[u8]) -> Result<(SnapshotMeta, &[u8]), NodeError> {
     let damaged = || NodeError::Internal("a stored snapshot is damaged".into());
@@ -474,7 +498,7 @@ pub(crate) async fn receive(
         node.fetch_missing([&record.module_hash]).await?;
     }
     let node = node.clone();
-    tokio::task::spawn_blocking(move || keep(&node, offered, &sealed, &record))
+    tokio::task::spawn_blocking(move || keep(&node, offered, sealed, &record))
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))?
 }
@@ -484,16 +508,18 @@ pub(crate) async fn receive(
 fn keep(
     node: &Node,
     offered: Offered,
-    sealed: &[u8],
+    sealed: Vec<u8>,
     record: &baton_cluster::node::SessionRecord,
 ) -> Result<(), NodeError> {
     let module = record.module_hash.as_str();
     let unusable =
         |e: baton_runtime::SnapshotError| NodeError::BadRequest(format!("unusable snapshot: {e}"));
-    let (shipped, body) = open(sealed)?;
+    let (shipped, body) = open(&sealed)?;
     let id = &offered.session;
-    let (image, encoded, mut meta) = match offered.base {
-        None => (Image::decode(body).map_err(unusable)?, None, shipped),
+    // A whole snapshot is kept as it came (under this node's bookkeeping);
+    // a delta makes a new one.
+    let (image, whole, mut meta) = match offered.base {
+        None => (Image::decode(body).map_err(unusable)?, true, shipped),
         Some(base) => {
             let delta = Delta::decode(body).map_err(unusable)?;
             let stored = node.store.snapshot(id)?;
@@ -508,8 +534,7 @@ fn keep(
             debug_assert_eq!(image.position, at);
             image.apply(&delta).map_err(unusable)?;
             meta.then(shipped);
-            let encoded = image.encode();
-            (image, Some(encoded), meta)
+            (image, false, meta)
         }
     };
     // An upgraded session's snapshot is of the module it switched to.
@@ -523,7 +548,11 @@ fn keep(
         )));
     }
     meta.tail = Some(offered.tail);
-    let sealed = seal(&meta.to_json(), encoded.as_deref().unwrap_or(body));
+    let sealed = if whole {
+        reseal(sealed, &meta.to_json())
+    } else {
+        seal_image(&meta.to_json(), &image)
+    };
     node.put_snapshot(id, offered.position, Arc::new(sealed))?;
     if offered.standby
         && let Ok(session) = crate::node::SessionRecord::from_cluster(id, record)
@@ -555,6 +584,16 @@ mod tests {
 
     fn ids(meta: &SnapshotMeta) -> Vec<String> {
         meta.acts.iter().map(|(_, id, _)| id.clone()).collect()
+    }
+
+    #[test]
+    fn resealing_swaps_the_bookkeeping_and_keeps_the_snapshot() {
+        let body = b"the snapshot's bytes".to_vec();
+        for (before, after) in [(meta(0..2), meta(0..40)), (meta(0..40), meta(0..1))] {
+            let sealed = reseal(seal(&before.to_json(), &body), &after.to_json());
+            let (opened, snapshot) = open(&sealed).expect("opens");
+            assert_eq!((ids(&opened), snapshot), (ids(&after), &body[..]));
+        }
     }
 
     #[test]
