@@ -191,16 +191,15 @@ impl Image {
             .iter()
             .map(|m| (m.size, m.pages.iter().map(|(i, p)| (*i, &p[..])).collect()))
             .collect();
-        encode_into(
-            out,
-            KIND_FULL,
-            &self.module,
-            0,
-            self.position,
-            self.now,
-            &self.globals,
-            &memories,
-        )
+        let header = Header {
+            kind: KIND_FULL,
+            module: &self.module,
+            base: 0,
+            position: self.position,
+            now: self.now,
+            globals: &self.globals,
+        };
+        encode_into(out, header, &memories);
     }
 
     /// Decodes a full snapshot.
@@ -236,15 +235,17 @@ impl Delta {
             .iter()
             .map(|m| (m.size, m.pages.iter().map(|(i, p)| (*i, &p[..])).collect()))
             .collect();
-        encode(
-            KIND_DELTA,
-            &self.module,
-            self.base,
-            self.position,
-            self.now,
-            &self.globals,
-            &memories,
-        )
+        let header = Header {
+            kind: KIND_DELTA,
+            module: &self.module,
+            base: self.base,
+            position: self.position,
+            now: self.now,
+            globals: &self.globals,
+        };
+        let mut out = Vec::new();
+        encode_into(&mut out, header, &memories);
+        out
     }
 
     /// Decodes a delta.
@@ -317,35 +318,27 @@ fn check_follows(
     Ok(())
 }
 
-fn encode(
+/// What precedes the memories in an encoding.
+struct Header<'a> {
     kind: u8,
-    module: &ModuleHash,
+    module: &'a ModuleHash,
     base: u64,
     position: u64,
     now: u64,
-    globals: &[u8],
-    memories: &MemoryRefs<'_>,
-) -> Vec<u8> {
-    let mut out = Vec::new();
-    encode_into(
-        &mut out, kind, module, base, position, now, globals, memories,
-    );
-    out
+    globals: &'a [u8],
 }
 
 /// Appends the encoding to `out`, sized once up front: a multi-megabyte
 /// snapshot grown by doubling was copied and faulted in several times over.
-#[allow(clippy::too_many_arguments)]
-fn encode_into(
-    out: &mut Vec<u8>,
-    kind: u8,
-    module: &ModuleHash,
-    base: u64,
-    position: u64,
-    now: u64,
-    globals: &[u8],
-    memories: &MemoryRefs<'_>,
-) {
+fn encode_into(out: &mut Vec<u8>, header: Header<'_>, memories: &MemoryRefs<'_>) {
+    let Header {
+        kind,
+        module,
+        base,
+        position,
+        now,
+        globals,
+    } = header;
     let start = out.len();
     let bound = 8
         + 2
@@ -866,18 +859,12 @@ mod tests {
             .values()
             .flat_map(|p| p.iter().copied())
             .collect();
-        let mut out = Vec::new();
-        encode_into(
-            &mut out,
-            KIND_FULL,
-            &image.module,
-            0,
-            image.position,
-            image.now,
-            &image.globals,
-            &vec![(memory.size, Vec::new())],
-        );
-        // Cut before the (empty) payload length and the checksum, then
+        // The image without its pages: the memory's size, no indices, an
+        // empty payload.
+        let mut bare = image.clone();
+        bare.memories[0].pages.clear();
+        let mut out = bare.encode();
+        // Cut its page count, empty payload's length and checksum, then
         // write the pages' indices and the given frame.
         out.truncate(out.len() - 8 - 8);
         out.extend_from_slice(&(memory.pages.len() as u32).to_le_bytes());
