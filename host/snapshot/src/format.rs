@@ -339,16 +339,12 @@ fn encode_into(out: &mut Vec<u8>, header: Header<'_>, memories: &MemoryRefs<'_>)
         now,
         globals,
     } = header;
+    // Magic, format, kind, module, base, position, now, globals' length,
+    // memory count, checksum.
+    const FIXED: usize = MAGIC.len() + 2 + 1 + 32 + 3 * 8 + 4 + 4 + 8;
     let start = out.len();
-    let bound = 8
-        + 2
-        + 1
-        + 32
-        + 3 * 8
-        + 4
+    let bound = FIXED
         + globals.len()
-        + 4
-        + 8
         + memories
             .iter()
             .map(|(_, pages)| 12 + 4 * pages.len() + compress_bound(pages.len() * PAGE))
@@ -400,8 +396,9 @@ fn compress_pages(pages: &[(u32, &[u8])], out: &mut Vec<u8>) {
     thread_local! {
         static COMPRESSOR: Kept<zstd::bulk::Compressor<'static>> = const { RefCell::new(None) };
     }
-    // Compressing can only fail on allocation (or a zstd bug): `out` has
-    // room for zstd's bound, which covers incompressible data.
+    // Compressing can only fail on allocation (or a zstd bug): the loop
+    // below makes room in `out` as it goes (the caller reserved zstd's
+    // bound, so normally it never has to).
     let compressed = with_kept(
         &COMPRESSOR,
         || zstd::bulk::Compressor::new(ZSTD_LEVEL),
