@@ -1386,8 +1386,13 @@ impl Node {
             if let Some(cell) = here {
                 let mut moved = cell.moved.subscribe();
                 // The core refuses a fenced session's appends before the
-                // host hears of the fence: ask it, not only `moved`.
-                if *moved.borrow_and_update() == Location::Here && !mesh.handing_off(id).await {
+                // host hears of the fence: ask it, not only `moved`. Only a
+                // draining node fences (the host marks it draining before
+                // the core hears of the drain), so the others need not ask:
+                // a join on a session just taken over skips that round trip.
+                if *moved.borrow_and_update() == Location::Here
+                    && (!self.draining.load(Ordering::Relaxed) || !mesh.handing_off(id).await)
+                {
                     return Ok(None);
                 }
                 // Fenced for a handoff: it leaves (or stays) in a moment.
