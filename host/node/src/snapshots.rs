@@ -100,35 +100,34 @@ pub(crate) fn agrees(
 /// `[meta length u32 LE][meta JSON][snapshot]`: one value in the store, so
 /// the two can never disagree.
 pub(crate) fn seal(meta: &[u8], snapshot: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + meta.len() + snapshot.len());
-    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-    out.extend_from_slice(meta);
+    let mut out = bookkeeping(meta, snapshot.len());
     out.extend_from_slice(snapshot);
     out
 }
 
 /// [`seal`] of `image`, encoded in place behind its bookkeeping.
 pub(crate) fn seal_image(meta: &[u8], image: &Image) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + meta.len());
-    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-    out.extend_from_slice(meta);
+    let mut out = bookkeeping(meta, 0);
     image.encode_into(&mut out);
     out
 }
 
-/// `sealed` with its bookkeeping replaced by `meta`, in the same buffer
-/// (a fresh one would be megabytes more to fault in and copy). `sealed`
-/// must open (see [`open`]).
-fn reseal(mut sealed: Vec<u8>, meta: &[u8]) -> Vec<u8> {
-    let old = sealed.get(..4).map_or(0, |len| {
-        u32::from_le_bytes(len.try_into().unwrap_or_default()) as usize
-    });
-    let header = (meta.len() as u32)
-        .to_le_bytes()
-        .into_iter()
-        .chain(meta.iter().copied());
-    sealed.splice(..(4 + old).min(sealed.len()), header);
+/// `sealed`, whose snapshot is its last `snapshot` bytes, with its
+/// bookkeeping replaced by `meta`, in the same buffer (a fresh one would be
+/// megabytes more to fault in and copy).
+fn reseal(mut sealed: Vec<u8>, snapshot: usize, meta: &[u8]) -> Vec<u8> {
+    let old = sealed.len().saturating_sub(snapshot);
+    sealed.splice(..old, bookkeeping(meta, 0));
     sealed
+}
+
+/// The part of a sealed snapshot before the snapshot, with room for
+/// `snapshot` more bytes.
+fn bookkeeping(meta: &[u8], snapshot: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + meta.len() + snapshot);
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(meta);
+    out
 }
 
 /// Splits a sealed snapshot into its bookkeeping and the snapshot.
@@ -515,6 +514,7 @@ fn keep(
     let unusable =
         |e: baton_runtime::SnapshotError| NodeError::BadRequest(format!("unusable snapshot: {e}"));
     let (shipped, body) = open(&sealed)?;
+    let snapshot_len = body.len();
     let id = &offered.session;
     // A whole snapshot is kept as it came (under this node's bookkeeping);
     // a delta makes a new one.
@@ -549,7 +549,7 @@ fn keep(
     }
     meta.tail = Some(offered.tail);
     let sealed = if whole {
-        reseal(sealed, &meta.to_json())
+        reseal(sealed, snapshot_len, &meta.to_json())
     } else {
         seal_image(&meta.to_json(), &image)
     };
@@ -590,7 +590,7 @@ mod tests {
     fn resealing_swaps_the_bookkeeping_and_keeps_the_snapshot() {
         let body = b"the snapshot's bytes".to_vec();
         for (before, after) in [(meta(0..2), meta(0..40)), (meta(0..40), meta(0..1))] {
-            let sealed = reseal(seal(&before.to_json(), &body), &after.to_json());
+            let sealed = reseal(seal(&before.to_json(), &body), body.len(), &after.to_json());
             let (opened, snapshot) = open(&sealed).expect("opens");
             assert_eq!((ids(&opened), snapshot), (ids(&after), &body[..]));
         }
